@@ -1,0 +1,1 @@
+"""lowrank-jax: low-rank fine-tuning of Llama-family models in JAX/Flax NNX."""
