@@ -1,1 +1,10 @@
-"""lowrank-jax: low-rank fine-tuning of Llama-family models in JAX/Flax NNX."""
+"""lowrank-jax: low-rank fine-tuning of Llama-family models in JAX/Flax NNX.
+
+The public entry points: `adapt` / `merge` / `export_peft` (adapters as module transforms, NLoRA paper) and
+`lorapro` / `lorapro_adamw` (LoRA-Pro as optax transforms). Models live in `lowrank_jax.models`.
+"""
+
+from lowrank_jax.adapters import AdapterConfig, adapt, export_peft, merge
+from lowrank_jax.optim import lorapro, lorapro_adamw
+
+__all__ = ["AdapterConfig", "adapt", "export_peft", "lorapro", "lorapro_adamw", "merge"]

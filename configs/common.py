@@ -1,0 +1,118 @@
+"""The one base config every method file starts from; method files change only what differs.
+
+Presets (the part after ':' in `--config=configs/nlora_llama.py:PRESET`):
+  embedded    SmolLM2-135M-Instruct (the offline GGUF) on offline GSM8K-format data; a 2-core CPU runs it in minutes.
+  gsm8k       SmolLM2-135M-Instruct on real GSM8K (`data.train` points at a local GSM8K dir), GPU-sized.
+  llama2_7b   Llama-2-7B from the hub (or `--config.model.path=/local/dir`) on MetaMathQA-100k: the papers' setup.
+  tiny        a random 2-layer Llama on a few test problems, for tests and smoke runs.
+"""
+
+import ml_collections
+
+PRESETS = ("embedded", "gsm8k", "llama2_7b", "tiny")
+
+TINY_MODEL = dict(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, rope_theta=10000.0,
+                  tie_word_embeddings=True, rms_norm_eps=1e-5, max_position_embeddings=2048)
+
+
+def get_config(preset=None, *, method="nlora", rank=16, alpha=16.0, optimizer="adamw", learning_rate=None):
+    """Builds the config for `method` at `preset` (default: embedded)."""
+    preset = preset or "embedded"
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS}")
+    c = ml_collections.ConfigDict()
+    c.preset = preset
+    c.seed = 0
+    c.workdir = f"runs/{method}_{preset}"
+    c.resume = False
+
+    c.model = ml_collections.ConfigDict(dict(
+        path="embedded",          # 'embedded' | HF dir | .gguf file | hub id | 'random'
+        random=ml_collections.ConfigDict(TINY_MODEL),  # the architecture when path == 'random'
+        dtype="bfloat16",         # compute dtype
+        param_dtype="bfloat16",   # frozen base weights
+        scan_layers=True,
+        remat="full",
+        attention_impl="xla",
+    ))
+    c.adapter = ml_collections.ConfigDict(dict(
+        method=method,            # 'full' trains every weight without adapters
+        rank=rank,
+        alpha=float(alpha),
+        targets=".*(q|k|v|o|gate|up|down)_proj",
+        scaling="standard",       # alpha/r; 'rslora' = alpha/sqrt(r)
+        dropout=0.0,
+        dtype="float32",
+        seed=0,
+        niter=0,                  # PiSSA randomized-SVD iterations (0 = exact SVD)
+        init_base="nlora",        # IntTune: which init provides the frozen A, B
+    ))
+    c.optimizer = ml_collections.ConfigDict(dict(
+        name=optimizer,           # adamw | sgd | lorapro | lorapro_adamw
+        learning_rate=2e-4 if learning_rate is None else learning_rate,
+        schedule="cosine",
+        warmup_ratio=0.03,
+        b1=0.9, b2=0.999, eps=1e-8,
+        weight_decay=0.0,
+        momentum=0.0,
+        grad_clip=1.0,
+        x_mode="sylvester",       # LoRA-Pro's free r x r matrix
+        delta=1e-8,
+        moment_dtype="float32",   # lorapro_adamw's full-size moments
+    ))
+    c.data = ml_collections.ConfigDict(dict(
+        source="embedded",        # 'embedded' | 'gsm8k_local' | hub name | local json/jsonl/parquet
+        train="",                 # path of the training file/dir for local sources
+        test="",                  # path of the evaluation file/dir for local sources
+        template="alpaca",        # 'alpaca' | 'chat'
+        max_length=512,
+        batch_size=32,            # global batch in sequences
+        grad_accum=1,
+        packing=True,
+        overflow="truncate",      # longer examples: 'truncate' the response or 'drop' them
+        epochs=1.0,
+        max_train_examples=0,     # 0 = all
+        val_examples=200,         # held out of train for loss / lr selection
+        seed=0,
+    ))
+    c.train = ml_collections.ConfigDict(dict(
+        steps=0,                  # 0 = derive from epochs
+        stop_after=0,             # end this process after N steps (time-sliced jobs; resume later); 0 = run to the end
+        log_every=10,
+        eval_every=0,             # validation loss every N steps (0 = at the end only)
+        checkpoint_every=200,
+        keep_checkpoints=3,
+        export_peft=True,
+        export_merged=False,
+    ))
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+    # Multi-process runs: explicit coordinator (e.g. several CPU processes), or auto=True on TPU pods / SLURM.
+    c.distributed = ml_collections.ConfigDict(dict(coordinator_address="", num_processes=1, process_id=0,
+                                                   auto=False))
+    c.eval = ml_collections.ConfigDict(dict(
+        num_examples=1319, batch_size=64, max_new_tokens=512, max_length=768, after=True,
+        before_and_after=False))
+
+    if preset == "embedded":
+        c.model.update(dtype="float32", param_dtype="float32", remat="none")
+        c.data.update(max_length=256, batch_size=8, epochs=1.0, max_train_examples=0, val_examples=64)
+        c.train.update(steps=60, log_every=5, checkpoint_every=30)
+        c.eval.update(num_examples=48, batch_size=48, max_new_tokens=160, before_and_after=True)
+    elif preset == "gsm8k":
+        c.data.update(source="gsm8k_local", train="../shared/data/gsm8k", test="../shared/data/gsm8k",
+                      max_length=512, batch_size=32, epochs=2.0, val_examples=300)
+        c.eval.update(num_examples=1319, batch_size=256, max_new_tokens=320)
+    elif preset == "llama2_7b":
+        c.model.update(path="meta-llama/Llama-2-7b-hf")
+        c.data.update(source="meta-math/MetaMathQA", max_train_examples=100_000, max_length=512,
+                      batch_size=32, val_examples=0)
+        c.data.test = "openai/gsm8k"
+        c.eval.update(num_examples=1319, batch_size=128, max_new_tokens=512)
+        c.train.update(checkpoint_every=500)
+    elif preset == "tiny":
+        c.model.update(path="random", dtype="float32", param_dtype="float32", remat="none")
+        c.data.update(source="local", max_length=64, batch_size=4, val_examples=4)
+        c.train.update(steps=4, log_every=1, checkpoint_every=2)
+        c.eval.update(num_examples=4, batch_size=4, max_new_tokens=8)
+    return c

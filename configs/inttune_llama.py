@@ -1,0 +1,17 @@
+"""IntTune (NLoRA paper): NLoRA's init with A and B frozen; only the r×r matrix M trains.
+
+Run (the embedded default: SmolLM2-135M-Instruct, offline data, CPU-friendly):
+  python train.py --config=configs/inttune_llama.py
+Presets: python train.py --config=configs/inttune_llama.py:llama2_7b   (r = alpha = 128, AdamW lr 2e-4 (224·r² = 3.67M trainable on Llama-2-7B))
+         python train.py --config=configs/inttune_llama.py:gsm8k       (SmolLM2 on real GSM8K; --config.data.train=DIR)
+Overrides: --config.adapter.rank=16 --config.optimizer.learning_rate=1e-4 --config.workdir=runs/x
+"""
+
+from configs import common
+
+
+def get_config(preset=None):
+    config = common.get_config(preset, method='inttune', rank=128, alpha=128.0, learning_rate=2e-4)
+    if config.preset != "llama2_7b":
+        config.optimizer.learning_rate = 1e-3  # small models, few steps
+    return config

@@ -1,0 +1,17 @@
+"""PiSSA: adapters from the top-r SVD of W, residual frozen (PEFT's 'pissa').
+
+Run (the embedded default: SmolLM2-135M-Instruct, offline data, CPU-friendly):
+  python train.py --config=configs/pissa_llama.py
+Presets: python train.py --config=configs/pissa_llama.py:llama2_7b   (as compared in NLoRA: r = alpha = 128, lr 2e-5; randomized SVD with --config.adapter.niter=4)
+         python train.py --config=configs/pissa_llama.py:gsm8k       (SmolLM2 on real GSM8K; --config.data.train=DIR)
+Overrides: --config.adapter.rank=16 --config.optimizer.learning_rate=1e-4 --config.workdir=runs/x
+"""
+
+from configs import common
+
+
+def get_config(preset=None):
+    config = common.get_config(preset, method='pissa', rank=128, alpha=128.0, learning_rate=2e-5)
+    if config.preset != "llama2_7b":
+        config.optimizer.learning_rate = 5e-4  # small models, few steps
+    return config

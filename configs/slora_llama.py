@@ -1,0 +1,17 @@
+"""SLoRA (NLoRA paper): y = Wx + s·B M A x with A, M Kaiming-uniform and B = 0.
+
+Run (the embedded default: SmolLM2-135M-Instruct, offline data, CPU-friendly):
+  python train.py --config=configs/slora_llama.py
+Presets: python train.py --config=configs/slora_llama.py:llama2_7b   (r = alpha = 128, AdamW lr 2e-4 as NLoRA)
+         python train.py --config=configs/slora_llama.py:gsm8k       (SmolLM2 on real GSM8K; --config.data.train=DIR)
+Overrides: --config.adapter.rank=16 --config.optimizer.learning_rate=1e-4 --config.workdir=runs/x
+"""
+
+from configs import common
+
+
+def get_config(preset=None):
+    config = common.get_config(preset, method='slora', rank=128, alpha=128.0, learning_rate=2e-4)
+    if config.preset != "llama2_7b":
+        config.optimizer.learning_rate = 5e-4  # small models, few steps
+    return config

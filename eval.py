@@ -1,0 +1,76 @@
+"""Evaluate a model on GSM8K-style math: greedy accuracy (batched, KV cache) and answer-token loss.
+
+  python eval.py --config=configs/nlora_llama.py --workdir=runs/nlora_embedded     # adapters from the run's checkpoint
+  python eval.py --config=configs/nlora_llama.py --base                             # the base model, no adapters
+  python eval.py --config=configs/nlora_llama.py --model=runs/nlora_embedded/merged # a merged / any HF model dir
+
+The test problems come from the config's `data` block; predictions go to `<out>/predictions.jsonl` and the scores to
+`<out>/eval.json` (out defaults to the workdir).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+from absl import app, flags
+from flax import nnx
+from ml_collections import config_flags
+
+from lowrank_jax import adapt
+from lowrank_jax.data import check_data_config, load_splits
+from lowrank_jax.evaluation.gsm8k_eval import evaluate
+from lowrank_jax.models import load_pretrained, load_tokenizer
+from lowrank_jax.training.checkpoint import Checkpointer
+from lowrank_jax.training.config_check import adapter_config_from, check_config
+from lowrank_jax.training.model_source import load_model
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/nlora_llama.py", "Run config (file[:preset]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory with checkpoints (default: config.workdir).")
+_MODEL = flags.DEFINE_string("model", None, "Evaluate this HF directory / .gguf file instead of the config's run.")
+_BASE = flags.DEFINE_bool("base", False, "Evaluate the config's base model without adapters.")
+_OUT = flags.DEFINE_string("out", None, "Where eval.json and predictions.jsonl go (default: the workdir).")
+
+
+def trained_model(config, model_path: str, workdir: str):
+    """The config's base model with its adapters (or full weights) restored from `workdir`'s latest checkpoint."""
+    model, _, tokenizer = load_model(config.model, model_path, config.seed)
+    full = config.adapter.method == "full"
+    if not full:
+        model = adapt(model, adapter_config_from(config.adapter))
+    graphdef, trainable, rest = nnx.split(model, nnx.Param if full else nnx.LoRAParam, ...)
+    items, meta = Checkpointer(workdir).restore({"trainable": nnx.pure(trainable)})
+    print(f"restored step {meta['step']} from {workdir}")
+    return nnx.merge(graphdef, items["trainable"], rest), tokenizer
+
+
+def main(argv):
+    del argv
+    config = _CONFIG.value
+    workdir = _WORKDIR.value or config.workdir
+    if _MODEL.value:
+        check_data_config(config.data)
+        model, _ = load_pretrained(_MODEL.value, dtype=config.model.dtype, param_dtype=config.model.param_dtype)
+        tokenizer = load_tokenizer(_MODEL.value)
+    else:
+        config.resume = True  # reading an existing run is not starting a new one there
+        model_path = check_config(config)
+        if _BASE.value:
+            model, _, tokenizer = load_model(config.model, model_path, config.seed)
+        else:
+            model, tokenizer = trained_model(config, model_path, workdir)
+    out = _OUT.value or workdir
+    os.makedirs(out, exist_ok=True)
+    test = load_splits(config.data).test
+    result = evaluate(model, tokenizer, test, config.eval, config.data.template,
+                      os.path.join(out, "predictions.jsonl"))
+    if jax.process_index() == 0:
+        with open(os.path.join(out, "eval.json"), "w") as f:
+            json.dump(result, f, indent=2)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,94 @@
+"""Device meshes and the rules that place logically-named parameters on them.
+
+The model annotates every parameter with logical axis names (`embed`, `mlp`, `vocab`, ...); this module alone
+decides which mesh axis each name is split over, so models never mention a mesh.
+
+>>> mesh = make_mesh(data=1, fsdp=-1, tensor=1)
+>>> mesh.axis_names
+('data', 'fsdp', 'tensor')
+>>> spec_for(('layers', 'embed', 'mlp'), (2, 64, 128), mesh)
+PartitionSpec(None, 'fsdp', None)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# Logical name -> mesh axes, tried in order. Base weights are split FSDP-style over `fsdp` along the hidden
+# (`embed`) axis and Megatron-style over `tensor` along heads / MLP / vocab. A name missing here is replicated.
+DEFAULT_RULES: Mapping[str, tuple[str, ...]] = {
+    "embed": ("fsdp",),
+    "vocab": ("tensor",),
+    "q_heads": ("tensor",),
+    "kv_heads": ("tensor",),
+    "mlp": ("tensor",),
+}
+
+
+def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """Builds a (data, fsdp, tensor) mesh; one axis may be -1 to take all remaining devices.
+
+    Args:
+      data, fsdp, tensor: axis sizes; their product must equal the number of devices.
+      devices: defaults to all devices of all processes.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = [data, fsdp, tensor]
+    if sizes.count(-1) > 1:
+        raise ValueError(f"mesh: at most one axis may be -1, got data={data}, fsdp={fsdp}, tensor={tensor}")
+    known = int(np.prod([s for s in sizes if s != -1]))
+    if -1 in sizes:
+        if known <= 0 or len(devices) % known:
+            raise ValueError(f"mesh: {len(devices)} devices cannot be split as data={data}, fsdp={fsdp}, "
+                             f"tensor={tensor}; choose sizes whose product divides {len(devices)}")
+        sizes[sizes.index(-1)] = len(devices) // known
+    if int(np.prod(sizes)) != len(devices) or min(sizes) < 1:
+        raise ValueError(f"mesh: data*fsdp*tensor = {int(np.prod(sizes))} but there are {len(devices)} devices; "
+                         "set --config.mesh.* so the product equals the device count (or use -1 for one axis)")
+    axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+    return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=axis_types, devices=devices)
+
+
+def spec_for(names: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh,
+             rules: Mapping[str, tuple[str, ...]] = DEFAULT_RULES) -> PartitionSpec:
+    """PartitionSpec for an array with logical axis `names`; dims that a mesh axis does not divide stay whole."""
+    if not names:
+        return PartitionSpec()
+    used: set[str] = set()
+    spec = []
+    for name, dim in zip(names, shape):
+        axes = tuple(a for a in rules.get(name, ()) if a not in used and mesh.shape[a] > 1) if name else ()
+        size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+        if axes and dim % size == 0:
+            used.update(axes)
+            spec.append(axes[0] if len(axes) == 1 else axes)
+        else:
+            spec.append(None)
+    return PartitionSpec(*spec)
+
+
+def state_shardings(state: nnx.State, mesh: Mesh, rules: Mapping[str, tuple[str, ...]] = DEFAULT_RULES) -> nnx.State:
+    """NamedShardings for every Variable of `state` from its `out_sharding` names, shaped like `nnx.pure(state)`."""
+
+    def one(variable):
+        names = variable.get_metadata().get("out_sharding")
+        return NamedSharding(mesh, spec_for(names, jax.numpy.shape(variable.get_value()), mesh, rules))
+
+    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Batch rows split over every data-parallel axis (data and fsdp); sequence whole."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
