@@ -41,7 +41,7 @@ def trained_model(config, model_path: str, workdir: str):
     if not full:
         model = adapt(model, adapter_config_from(config.adapter))
     graphdef, trainable, rest = nnx.split(model, nnx.Param if full else nnx.LoRAParam, ...)
-    items, meta = Checkpointer(workdir).restore({"trainable": nnx.pure(trainable)})
+    items, meta = Checkpointer(workdir).restore({"trainable": nnx.as_pure(trainable)})
     print(f"restored step {meta['step']} from {workdir}")
     return nnx.merge(graphdef, items["trainable"], rest), tokenizer
 

@@ -15,10 +15,10 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import app
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
 from tqdm import tqdm
 
@@ -88,18 +88,20 @@ def main(argv):
         model = adapt(model, adapter_config_from(config.adapter))
     trainable_type = nnx.Param if config.adapter.method == "full" else nnx.LoRAParam
     graphdef, trainable, rngs, frozen = nnx.split(model, trainable_type, nnx.RngState, ...)
-    report["trainable_params"] = int(sum(x.size for x in jax.tree.leaves(nnx.pure(trainable))))
-    scales = nnx.pure(nnx.state(model, AdapterScale)) if config.adapter.method != "full" else None
+    report["trainable_params"] = int(sum(x.size for x in jax.tree.leaves(nnx.as_pure(trainable))))
+    scales = nnx.as_pure(nnx.state(model, AdapterScale)) if config.adapter.method != "full" else None
     del model
-    trainable, frozen = (jax.device_put(nnx.pure(s), state_shardings(s, mesh)) for s in (trainable, frozen))
-    rngs = nnx.pure(rngs)
+    trainable, frozen = (jax.device_put(nnx.as_pure(s), state_shardings(s, mesh)) for s in (trainable, frozen))
+    rngs = jax.device_put(nnx.as_pure(rngs), NamedSharding(mesh, PartitionSpec()))
 
     # optimizer and step
     optimizer = build_optimizer(config.optimizer, total_steps, scales)
     opt_state = jax.jit(optimizer.init)(trainable)
-    step_fn = jax.jit(make_train_step(graphdef, optimizer), donate_argnums=(0, 1, 2))
+    shardings = jax.tree.map(lambda x: x.sharding, (trainable, opt_state, rngs))
+    step_fn = jax.jit(make_train_step(graphdef, optimizer), donate_argnums=(0, 1, 2),
+                      out_shardings=(*shardings, None))  # outputs feed the next step: same layout, one compile
     schedule = build_schedule(config.optimizer, total_steps)
-    batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, BATCH_AXES))
+    batch_sharding = NamedSharding(mesh, PartitionSpec(None, BATCH_AXES))
 
     # checkpoint
     ckpt = Checkpointer(config.workdir, keep=config.train.keep_checkpoints)

@@ -52,7 +52,8 @@ class Checkpointer:
 
     def save(self, step: int, items: dict[str, Any], meta: dict) -> None:
         """Starts writing `items` (name -> pytree of arrays) and `meta` (JSON-able) for `step`; returns at once."""
-        args = {name: ocp.args.StandardSave(_unwrap_keys(tree)) for name, tree in items.items()}
+        args = {name: ocp.args.StandardSave(_unwrap_keys(tree)) for name, tree in items.items()
+                if jax.tree.leaves(tree)}  # orbax refuses empty trees (e.g. no RNG state)
         self.manager.save(step, args=ocp.args.Composite(**args, meta=ocp.args.JsonSave({**meta, "step": int(step)})))
 
     def restore(self, templates: dict[str, Any], step: int | None = None) -> tuple[dict[str, Any], dict]:
@@ -61,9 +62,11 @@ class Checkpointer:
         step = self.manager.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}: train first, or check --workdir")
-        args = {name: ocp.args.StandardRestore(_abstract(_unwrap_keys(tree))) for name, tree in templates.items()}
+        args = {name: ocp.args.StandardRestore(_abstract(_unwrap_keys(tree))) for name, tree in templates.items()
+                if jax.tree.leaves(tree)}
         restored = self.manager.restore(step, args=ocp.args.Composite(**args, meta=ocp.args.JsonRestore()))
-        items = {name: _rewrap_keys(restored[name], tree) for name, tree in templates.items()}
+        items = {name: _rewrap_keys(restored[name], tree) if name in args else tree
+                 for name, tree in templates.items()}
         return items, dict(restored["meta"])
 
     def wait(self) -> None:

@@ -43,7 +43,7 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
     def micro_loss(trainable, rngs, frozen, micro_batch):
         model = nnx.merge(graphdef, trainable, rngs, frozen)
         loss_sum, n_tokens = token_loss(model, micro_batch)
-        return loss_sum, (n_tokens, nnx.pure(nnx.state(model, nnx.RngState)))
+        return loss_sum, (n_tokens, nnx.as_pure(nnx.state(model, nnx.RngState)))
 
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
