@@ -13,6 +13,7 @@ import json
 import math
 import os
 import time
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -57,12 +58,26 @@ def global_batch(local: dict[str, np.ndarray], sharding, accum: int) -> dict[str
     return {k: one(v) for k, v in local.items()}
 
 
-def main(argv):
-    del argv
-    config = _CONFIG.value
+class RunResult(NamedTuple):
+    """What a run leaves in memory: the report (also in <workdir>/report.json) and the final states."""
+
+    report: dict
+    trainable: Any   # pure tree of the trained parameters
+    frozen: Any      # pure tree of everything else, as placed on the mesh
+
+
+def run(config) -> RunResult:
+    """Runs the whole job the config describes (the same code path as the command line)."""
     model_path = check_config(config)           # every value checked before anything heavy happens
     maybe_initialize_distributed(config.distributed)
-    mesh = make_mesh(**config.mesh)
+    devices = jax.devices()[:config.mesh.devices] if config.mesh.devices else None
+    mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices=devices)
+    batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+    micro_batch = config.data.batch_size // config.data.grad_accum
+    if micro_batch % batch_devices or micro_batch % jax.process_count():
+        raise ValueError(f"config: data.batch_size / data.grad_accum = {micro_batch} rows must split evenly over "
+                         f"data*fsdp = {batch_devices} devices and {jax.process_count()} processes; change "
+                         "data.batch_size, data.grad_accum or mesh")
     is_main = jax.process_index() == 0
     log = MetricsLog(config.workdir)
     if is_main:
@@ -95,8 +110,11 @@ def main(argv):
     rngs = jax.device_put(nnx.as_pure(rngs), NamedSharding(mesh, PartitionSpec()))
 
     # optimizer and step
-    optimizer = build_optimizer(config.optimizer, total_steps, scales)
+    optimizer = build_optimizer(config.optimizer, total_steps, scales, frozen)
     opt_state = jax.jit(optimizer.init)(trainable)
+    opt_state = jax.tree.map(  # leaves that depend on no parameter (step counts) come out on one device
+        lambda x: x if isinstance(x.sharding, NamedSharding) else jax.device_put(x, NamedSharding(mesh, PartitionSpec())),
+        opt_state)
     shardings = jax.tree.map(lambda x: x.sharding, (trainable, opt_state, rngs))
     step_fn = jax.jit(make_train_step(graphdef, optimizer), donate_argnums=(0, 1, 2),
                       out_shardings=(*shardings, None))  # outputs feed the next step: same layout, one compile
@@ -152,7 +170,8 @@ def main(argv):
     ckpt.wait()
     if stop < total_steps:
         print(f"stopped after step {stop} of {total_steps} (train.stop_after); continue with --config.resume=True")
-        return
+        log.close()
+        return RunResult(report, trainable, frozen)
     report["train_seconds"] = time.perf_counter() - t0
 
     # eval and export
@@ -178,6 +197,13 @@ def main(argv):
                 r = report[name]
                 print(f"{name:>6}: accuracy {r['accuracy']:.3f} ({r['correct']}/{r['n']}), "
                       f"answer-token loss {r['answer_loss']:.4f}")
+        print(f"held-out loss: {report['val_loss_before']:.4f} before -> {report['val_loss']:.4f} after")
+    return RunResult(report, trainable, frozen)
+
+
+def main(argv):
+    del argv
+    run(_CONFIG.value)
 
 
 if __name__ == "__main__":

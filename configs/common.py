@@ -90,7 +90,8 @@ def get_config(preset=None, *, method="nlora", rank=16, alpha=16.0, optimizer="a
         export_peft=True,
         export_merged=False,
     ))
-    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+    # Axis sizes over the first `devices` devices (0 = all of them); one axis may be -1 (the rest).
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, devices=0))
     # Multi-process runs: explicit coordinator (e.g. several CPU processes), or auto=True on TPU pods / SLURM.
     c.distributed = ml_collections.ConfigDict(dict(coordinator_address="", num_processes=1, process_id=0,
                                                    auto=False))
@@ -117,7 +118,7 @@ def get_config(preset=None, *, method="nlora", rank=16, alpha=16.0, optimizer="a
         c.train.update(checkpoint_every=500)
     elif preset == "tiny":
         c.model.update(path="random", dtype="float32", param_dtype="float32", remat="none")
-        c.data.update(source="local", max_length=64, batch_size=4, val_examples=4)
+        c.data.update(source="local", max_length=64, batch_size=8, val_examples=8)
         c.train.update(steps=4, log_every=1, checkpoint_every=2)
         c.eval.update(num_examples=4, batch_size=4, max_new_tokens=8)
     return c

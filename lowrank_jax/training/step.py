@@ -59,9 +59,10 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
         (grads, loss_sum, n_tokens, rngs), _ = jax.lax.scan(accumulate, init, batch)
         denom = jnp.maximum(n_tokens, 1.0)
         grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, trainable)
-        updates, opt_state = optimizer.update(grads, opt_state, trainable)
+        # IntTune's frozen A, B reach LoRA-Pro this way; other optimizers ignore the keyword.
+        updates, opt_state = optimizer.update(grads, opt_state, trainable, frozen_factors=frozen)
         trainable = optax.apply_updates(trainable, updates)
-        metrics = {"loss": loss_sum / denom, "tokens": n_tokens, "grad_norm": optax.global_norm(grads)}
+        metrics = {"loss": loss_sum / denom, "tokens": n_tokens, "grad_norm": optax.tree.norm(grads)}
         return trainable, opt_state, rngs, metrics
 
     return step

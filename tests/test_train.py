@@ -1,0 +1,165 @@
+"""train.py end to end on a random tiny Llama (CPU, fp32): resume equals an uninterrupted run, sharded runs equal the
+one-device run, every config's method/optimizer trains, and bad configs fail before any model is loaded."""
+
+import json
+import math
+import os
+import re
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import train
+from configs import (common, full_llama, inttune_llama, lora_llama, lorapro_llama, nlora_llama, nystrom_llama,
+                     pissa_llama, slora_llama)
+from lowrank_jax.training.checkpoint import Checkpointer
+from lowrank_jax.training.config_check import check_config
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """Short GSM8K-format problems (question / answer with `#### n`), written by the test."""
+    directory = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 48), ("test", 4)):
+        with open(directory / f"{split}.jsonl", "w") as f:
+            for a, b in rng.integers(1, 50, size=(count, 2)):
+                f.write(json.dumps({"question": f"Tom has {a} apples and buys {b} more. How many now?",
+                                    "answer": f"{a} + {b} = {a + b}.\n#### {a + b}"}) + "\n")
+    return directory
+
+
+def tiny(module, data_dir, workdir, **overrides):
+    """The module's `tiny` preset on the test data; overrides are dotted keys, e.g. {'train.steps': 2}."""
+    config = module.get_config("tiny")
+    config.data.train = str(data_dir / "train.jsonl")
+    config.data.test = str(data_dir / "test.jsonl")
+    config.workdir = str(workdir)
+    config.eval.after = False
+    config.train.export_peft = False
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    return config
+
+
+def logged_losses(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return [r["train/loss"] for r in rows if "train/loss" in r]
+
+
+def assert_trees_close(a, b, tol):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=tol, atol=tol)
+
+
+def test_resume_after_stop_equals_uninterrupted_run_then_eval_and_export(data_dir, tmp_path):
+    whole = train.run(tiny(lora_llama, data_dir, tmp_path / "whole", **{
+        "train.steps": 4, "train.checkpoint_every": 2, "eval.after": True, "train.export_peft": True}))
+    first = train.run(tiny(lora_llama, data_dir, tmp_path / "split", **{
+        "train.steps": 4, "train.checkpoint_every": 2, "train.stop_after": 2}))
+    assert first.report["steps"] == 4 and "val_loss" not in first.report
+    resumed = train.run(tiny(lora_llama, data_dir, tmp_path / "split", **{
+        "train.steps": 4, "train.checkpoint_every": 2, "resume": True}))
+
+    losses = logged_losses(tmp_path / "whole")
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
+    np.testing.assert_allclose(logged_losses(tmp_path / "split"), losses, rtol=1e-6)
+    assert_trees_close(resumed.trainable, whole.trainable, 1e-6)
+    assert Checkpointer(str(tmp_path / "split")).latest_step() == 4
+
+    after = whole.report["after"]
+    assert after["n"] == 4 and 0.0 <= after["accuracy"] <= 1.0 and math.isfinite(after["answer_loss"])
+    with open(tmp_path / "whole" / "predictions_after.jsonl") as f:
+        assert len(f.readlines()) == 4
+    assert os.path.exists(tmp_path / "whole" / "peft" / "adapter_model.safetensors")
+
+
+@pytest.mark.parametrize("mesh", [dict(data=2, fsdp=4, tensor=1), dict(data=2, fsdp=2, tensor=2)])
+def test_sharded_run_equals_one_device_and_shards_base_weights(data_dir, tmp_path, mesh):
+    assert jax.device_count() == 8, "conftest sets 8 fake CPU devices"
+    steps = {"train.steps": 2, "train.checkpoint_every": 2}
+    single = train.run(tiny(slora_llama, data_dir, tmp_path / "one", **steps, **{"mesh.devices": 1}))
+    sharded = train.run(tiny(slora_llama, data_dir, tmp_path / "many", **steps,
+                             **{f"mesh.{k}": v for k, v in mesh.items()}))
+    np.testing.assert_allclose(logged_losses(tmp_path / "many"), logged_losses(tmp_path / "one"), rtol=1e-5)
+    assert_trees_close(sharded.trainable, single.trainable, 1e-5)
+
+    kernel = sharded.frozen["layers"]["mlp"]["gate_proj"]["base"]["kernel"]  # (L, embed, mlp)
+    spec = tuple(kernel.sharding.spec) + (None,) * 3
+    assert spec[1] == "fsdp" and spec[2] == ("tensor" if mesh["tensor"] > 1 else None)
+    shard_shape = kernel.addressable_shards[0].data.shape
+    assert shard_shape[1] == kernel.shape[1] // mesh["fsdp"]
+    assert shard_shape[2] == kernel.shape[2] // mesh["tensor"]
+
+
+TINY = common.TINY_MODEL
+# (in, out) of the seven adapted projections of the tiny model.
+PROJECTIONS = [(64, 64), (64, 32), (64, 32), (64, 64), (64, 128), (64, 128), (128, 64)]
+
+
+def expected_trainable(method, rank):
+    """Closed-form trainable parameter counts of the tiny model (2 layers) per method."""
+    layers = TINY["num_hidden_layers"]
+    lora = layers * sum(rank * (i + o) for i, o in PROJECTIONS)
+    if method in ("lora", "pissa"):
+        return lora
+    if method in ("slora", "nlora", "nystrom"):
+        return lora + layers * len(PROJECTIONS) * rank * rank
+    if method == "inttune":
+        return layers * len(PROJECTIONS) * rank * rank
+    hidden, vocab = TINY["hidden_size"], TINY["vocab_size"]
+    per_layer = sum(i * o for i, o in PROJECTIONS) + 2 * hidden
+    return layers * per_layer + vocab * hidden + hidden  # tied embeddings + final norm
+
+
+@pytest.mark.parametrize("module,optimizer", [
+    (lora_llama, "adamw"), (lora_llama, "sgd"), (slora_llama, "adamw"), (nlora_llama, "adamw"),
+    (nystrom_llama, "adamw"), (inttune_llama, "adamw"), (pissa_llama, "adamw"), (full_llama, "adamw"),
+    (lorapro_llama, "lorapro"), (lorapro_llama, "lorapro_adamw"), (nlora_llama, "lorapro"),
+    (inttune_llama, "lorapro_adamw"),
+])
+def test_every_config_trains_a_few_steps(data_dir, tmp_path, module, optimizer):
+    config = tiny(module, data_dir, tmp_path, **{"train.steps": 2, "optimizer.name": optimizer})
+    result = train.run(config)
+    assert all(math.isfinite(x) for x in logged_losses(tmp_path))
+    assert math.isfinite(result.report["val_loss"])
+    assert result.report["trainable_params"] == expected_trainable(config.adapter.method, config.adapter.rank)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"adapter.method": "inttune", "adapter.init_base": "lora"}, "init_base"),
+    ({"adapter.method": "full", "optimizer.name": "lorapro"}, "adapter.method='full'"),
+    ({"adapter.method": "dora"}, "dora"),
+    ({"adapter.rank": 0}, "rank"),
+    ({"optimizer.schedule": "step"}, "optimizer.schedule"),
+    ({"data.batch_size": 6, "data.grad_accum": 4}, "grad_accum"),
+    ({"model.path": "/no/such/model"}, "/no/such/model"),
+])
+def test_bad_configs_fail_before_loading(data_dir, tmp_path, overrides, message):
+    with pytest.raises(ValueError if "path" not in str(overrides) else FileNotFoundError, match=message):
+        check_config(tiny(lora_llama, data_dir, tmp_path, **overrides))
+
+
+def test_existing_run_is_not_overwritten_without_resume(data_dir, tmp_path):
+    train.run(tiny(lora_llama, data_dir, tmp_path, **{"train.steps": 1}))
+    with pytest.raises(ValueError, match="resume"):
+        check_config(tiny(lora_llama, data_dir, tmp_path, **{"train.steps": 1}))
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
+    config = tiny(lora_llama, data_dir, tmp_path, **{
+        "train.steps": 6, "train.checkpoint_every": 1, "optimizer.learning_rate": 1e30, "optimizer.grad_clip": 0.0,
+        "optimizer.warmup_ratio": 0.0, "optimizer.schedule": "constant"})
+    with pytest.raises(FloatingPointError, match=r"at step (\d)") as error:
+        train.run(config)
+    bad_step = int(re.search(r"at step (\d)", str(error.value)).group(1))
+    assert Checkpointer(str(tmp_path)).latest_step() == bad_step - 1
+    saved = ocp.StandardCheckpointer().restore(tmp_path / "checkpoints" / str(bad_step - 1) / "trainable")
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(saved))
