@@ -5,6 +5,7 @@ Both go through `datasets`; failures say which name or path failed and how to po
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -55,16 +56,22 @@ def read_local(path: str | os.PathLike, split: str = "train", fields: tuple[str,
       FileNotFoundError: the path does not exist, or the directory has no unique file for `split`.
       ValueError: unsupported extension, or fields that cannot be detected.
     """
-    import datasets  # heavy import (pyarrow, pandas): only when data is actually read
-
     resolved = Path(os.path.expanduser(path)).resolve()
     if not resolved.exists():
         raise FileNotFoundError(f"data path {str(path)!r} (resolved to {resolved}) does not exist; {LOCAL_FILES_HINT}")
     file = find_split_file(resolved, split) if resolved.is_dir() else resolved
     if file.suffix not in FILE_FORMATS:
         raise ValueError(f"{file}: unsupported data file type {file.suffix!r}; use one of {sorted(FILE_FORMATS)}")
-    dataset = datasets.load_dataset(FILE_FORMATS[file.suffix], data_files=str(file), split="train")
-    return records_to_examples(dataset, fields or detect_fields(dataset.column_names, str(file)), str(file))
+    if file.suffix == ".jsonl":  # JSON lines need no pyarrow: read them directly
+        with open(file) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        columns = list(records[0]) if records else []
+    else:
+        import datasets  # heavy import (pyarrow, pandas): only for json / parquet files
+
+        records = datasets.load_dataset(FILE_FORMATS[file.suffix], data_files=str(file), split="train")
+        columns = records.column_names
+    return records_to_examples(records, fields or detect_fields(columns, str(file)), str(file))
 
 
 def read_hub(name: str, split: str = "train", config_name: str | None = None,
