@@ -92,11 +92,12 @@ def test_pipeline_gives_contract_batches_from_embedded_data(tokenizer):
         "segment_ids": ((2, 256), "int32"), "positions": ((2, 256), "int32")}
     assert batch["segment_ids"].max() >= 2                                  # rows hold several packed examples
     assert batches.steps_per_epoch() == batches.train.steps_in_epoch(0) > 0
-    # Validation over both processes holds every validation target token once.
+    # Validation runs replicated: each process's pass holds every validation target token exactly once.
     validation_targets = sum(int(t.loss_mask.sum()) for t in tokenize_examples(
         splits.validation, tokenizer, max_length=256))
-    both = [build_batches(splits, tokenizer, cfg, process_index=p, process_count=2) for p in (0, 1)]
-    assert sum(b["loss_mask"].sum() for batches in both for b in batches.validation()) == validation_targets
+    for p in (0, 1):
+        batches = build_batches(splits, tokenizer, cfg, process_index=p, process_count=2)
+        assert sum(b["loss_mask"].sum() for b in batches.validation()) == validation_targets
     # Each packed segment decodes to one whole training example, with positions restarting at 0.
     texts = {render_prompt(e.query) + e.response + tokenizer.eos_token for e in splits.train}
     for row in range(2):
