@@ -1,8 +1,8 @@
 """Evaluate a model on GSM8K-style math: greedy accuracy (batched, KV cache) and answer-token loss.
 
-  python eval.py --config=configs/nlora_llama.py --workdir=runs/nlora_embedded     # adapters from the run's checkpoint
-  python eval.py --config=configs/nlora_llama.py --base                             # the base model, no adapters
-  python eval.py --config=configs/nlora_llama.py --model=runs/nlora_embedded/merged # a merged / any HF model dir
+  python eval.py --config=configs/nystrom_llama.py --workdir=runs/nystrom_embedded   # adapters from the run's checkpoint
+  python eval.py --config=configs/nystrom_llama.py --base                            # the base model, no adapters
+  python eval.py --config=configs/nystrom_llama.py --model=runs/nystrom_embedded/merged  # a merged / any HF model dir
 
 The test problems come from the config's `data` block; predictions go to `<out>/predictions.jsonl` and the scores to
 `<out>/eval.json` (out defaults to the workdir).
@@ -26,7 +26,7 @@ from lowrank_jax.training.checkpoint import Checkpointer
 from lowrank_jax.training.config_check import adapter_config_from, check_config
 from lowrank_jax.training.model_source import load_model
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/nlora_llama.py", "Run config (file[:preset]).",
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/nystrom_llama.py", "Run config (file[:preset]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory with checkpoints (default: config.workdir).")
 _MODEL = flags.DEFINE_string("model", None, "Evaluate this HF directory / .gguf file instead of the config's run.")

@@ -1,6 +1,6 @@
 """Fine-tune a Llama-family model with low-rank adapters (or fully), sharded over every device, then evaluate.
 
-  python train.py                                        # the embedded default: NLoRA on SmolLM2-135M, CPU-friendly
+  python train.py                                        # the embedded default: Nyström-NLoRA on SmolLM2-135M, CPU
   python train.py --config=configs/nlora_llama.py:llama2_7b --config.model.path=/models/Llama-2-7b-hf
   python train.py --config=configs/lorapro_llama.py --config.optimizer.name=lorapro_adamw --config.resume=True
 
@@ -37,7 +37,7 @@ from lowrank_jax.training.model_source import load_model
 from lowrank_jax.training.optimizer import build_optimizer, build_schedule
 from lowrank_jax.training.step import make_train_step
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/nlora_llama.py", "Run config (file[:preset]).",
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/nystrom_llama.py", "Run config (file[:preset]).",
                                           lock_config=True)
 
 

@@ -11,7 +11,5 @@ from configs import common
 
 
 def get_config(preset=None):
-    config = common.get_config(preset, method='lora', rank=8, alpha=16.0, learning_rate=2e-5)
-    if config.preset != "llama2_7b":
-        config.optimizer.learning_rate = 5e-4  # small models, few steps
-    return config
+    return common.get_config(preset, method="lora", rank=8, alpha=16.0, learning_rate=2e-5,
+                             small_model_learning_rate=5e-4)

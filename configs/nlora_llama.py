@@ -11,7 +11,5 @@ from configs import common
 
 
 def get_config(preset=None):
-    config = common.get_config(preset, method='nlora', rank=128, alpha=128.0, learning_rate=2e-4)
-    if config.preset != "llama2_7b":
-        config.optimizer.learning_rate = 5e-4  # small models, few steps
-    return config
+    return common.get_config(preset, method="nlora", rank=128, alpha=128.0, learning_rate=2e-4,
+                             small_model_learning_rate=5e-4)

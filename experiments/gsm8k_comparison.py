@@ -47,6 +47,7 @@ def configure(module, overrides: dict, args, seed: int, workdir: str):
     config.train.log_every = 5
     config.train.checkpoint_every = 10_000  # only the final checkpoint
     config.eval.num_examples = args.eval_examples
+    config.eval.after = args.eval_examples > 0  # 0: learning-rate sweeps read the held-out loss only
     if args.steps:
         config.train.steps = args.steps
     for key, value in overrides.items():
@@ -69,7 +70,7 @@ def main():
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--steps", type=int, default=0, help="optimizer steps (0 = the preset's epochs)")
-    parser.add_argument("--eval-examples", type=int, default=1319)
+    parser.add_argument("--eval-examples", type=int, default=1319, help="GSM8K test problems (0 = no generation)")
     parser.add_argument("--lr-scale", type=float, default=1.0, help="multiply every method's learning rate")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()

@@ -163,3 +163,28 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path
     assert Checkpointer(str(tmp_path)).latest_step() == bad_step - 1
     saved = ocp.StandardCheckpointer().restore(tmp_path / "checkpoints" / str(bad_step - 1) / "trainable")
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(saved))
+
+
+def test_two_processes_with_jax_distributed_agree_with_one_process(data_dir, tmp_path):
+    """Two CPU processes (4 fake devices each) joined by jax.distributed, each feeding its own half of every batch,
+    log the same losses as one process with one device."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    flags = [f"--config=configs/lora_llama.py:tiny", f"--config.data.train={data_dir / 'train.jsonl'}",
+             f"--config.data.test={data_dir / 'test.jsonl'}", f"--config.workdir={tmp_path / 'two'}",
+             "--config.train.steps=3", "--config.eval.after=False", "--config.train.export_peft=False",
+             "--config.distributed.num_processes=2", f"--config.distributed.coordinator_address=localhost:{port}"]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    procs = [subprocess.Popen([sys.executable, "train.py", *flags, f"--config.distributed.process_id={i}"],
+                              cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs[0][-3000:] + outputs[1][-3000:]
+    train.run(tiny(lora_llama, data_dir, tmp_path / "one", **{"train.steps": 3, "mesh.devices": 1}))
+    np.testing.assert_allclose(logged_losses(tmp_path / "two"), logged_losses(tmp_path / "one"), rtol=1e-5)
