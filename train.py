@@ -24,18 +24,17 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from lowrank_jax import adapt, export_peft, merge
-from lowrank_jax.adapters import AdapterScale
 from lowrank_jax.data import build_batches, load_splits
 from lowrank_jax.evaluation.gsm8k_eval import evaluate
 from lowrank_jax.evaluation.token_loss_eval import mean_token_loss
 from lowrank_jax.models import save_pretrained
-from lowrank_jax.sharding import BATCH_AXES, make_mesh, state_shardings
+from lowrank_jax.sharding import BATCH_AXES, make_mesh
 from lowrank_jax.training.checkpoint import Checkpointer
 from lowrank_jax.training.config_check import adapter_config_from, check_config
 from lowrank_jax.training.metrics_log import MetricsLog
 from lowrank_jax.training.model_source import load_model
 from lowrank_jax.training.optimizer import build_optimizer, build_schedule
-from lowrank_jax.training.step import make_train_step
+from lowrank_jax.training.placement import init_optimizer, jit_train_step, split_onto_mesh
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/nystrom_llama.py", "Run config (file[:preset]).",
                                           lock_config=True)
@@ -101,23 +100,15 @@ def run(config) -> RunResult:
     # adapters
     if config.adapter.method != "full":
         model = adapt(model, adapter_config_from(config.adapter))
-    trainable_type = nnx.Param if config.adapter.method == "full" else nnx.LoRAParam
-    graphdef, trainable, rngs, frozen = nnx.split(model, trainable_type, nnx.RngState, ...)
-    report["trainable_params"] = int(sum(x.size for x in jax.tree.leaves(nnx.as_pure(trainable))))
-    scales = nnx.as_pure(nnx.state(model, AdapterScale)) if config.adapter.method != "full" else None
+    state = split_onto_mesh(model, mesh, full=config.adapter.method == "full")
     del model
-    trainable, frozen = (jax.device_put(nnx.as_pure(s), state_shardings(s, mesh)) for s in (trainable, frozen))
-    rngs = jax.device_put(nnx.as_pure(rngs), NamedSharding(mesh, PartitionSpec()))
+    graphdef, trainable, rngs, frozen = state.graphdef, state.trainable, state.rngs, state.frozen
+    report["trainable_params"] = int(sum(x.size for x in jax.tree.leaves(trainable)))
 
     # optimizer and step
-    optimizer = build_optimizer(config.optimizer, total_steps, scales, frozen)
-    opt_state = jax.jit(optimizer.init)(trainable)
-    opt_state = jax.tree.map(  # leaves that depend on no parameter (step counts) come out on one device
-        lambda x: x if isinstance(x.sharding, NamedSharding) else jax.device_put(x, NamedSharding(mesh, PartitionSpec())),
-        opt_state)
-    shardings = jax.tree.map(lambda x: x.sharding, (trainable, opt_state, rngs))
-    step_fn = jax.jit(make_train_step(graphdef, optimizer), donate_argnums=(0, 1, 2),
-                      out_shardings=(*shardings, None))  # outputs feed the next step: same layout, one compile
+    optimizer = build_optimizer(config.optimizer, total_steps, state.scales, frozen)
+    opt_state = init_optimizer(optimizer, trainable, mesh)
+    step_fn = jit_train_step(state, optimizer, opt_state)
     schedule = build_schedule(config.optimizer, total_steps)
     batch_sharding = NamedSharding(mesh, PartitionSpec(None, BATCH_AXES))
 

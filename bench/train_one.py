@@ -1,7 +1,7 @@
 """One train-step benchmark configuration, run in this process: the users' jitted step on a random model.
 
-Builds the model on the devices, adapts it as train.py does, compiles `make_train_step` ahead of time (compile
-time, XLA's memory estimate), runs warm-up and timed steps, and returns one result row. `bench/train_step.py` runs
+Builds the model on the devices, adapts it as train.py does, compiles train.py's own step
+(lowrank_jax/training/placement.py) ahead of time (compile time, XLA's memory estimate), runs warm-up and timed steps, and returns one result row. `bench/train_step.py` runs
 a table of these, each in a fresh process so that the peak-memory counter belongs to one configuration:
 
   python -m bench.train_one --spec '{"model": "tiny", "method": "lora-r8", "seq": 64, "batch": 4}'
@@ -26,11 +26,11 @@ from bench.common import (GIB, METHODS, canonical_model, matmul_params, mfu, mod
 from bench.random_llama import random_llama
 from configs import common as run_configs
 from lowrank_jax import AdapterConfig, adapt
-from lowrank_jax.adapters import AdapterScale, FrozenFactor
+from lowrank_jax.adapters import FrozenFactor
 from lowrank_jax.models import LlamaConfig
-from lowrank_jax.sharding import BATCH_AXES, make_mesh, state_shardings
+from lowrank_jax.sharding import BATCH_AXES, make_mesh
 from lowrank_jax.training.optimizer import build_optimizer
-from lowrank_jax.training.step import make_train_step
+from lowrank_jax.training.placement import init_optimizer, jit_train_step, split_onto_mesh
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +109,7 @@ def optimizer_config(spec: RunSpec):
 
 
 def build_state(spec: RunSpec, mesh):
-    """(graphdef, trainable, rngs, frozen, scales, flop counts) exactly as train.py splits and shards them."""
+    """(TrainState, parameter counts), split and placed by train.py's own functions."""
     method = METHODS[spec.method]
     rank = adapter_rank(spec)
     config = LlamaConfig(**model_shape(spec.model), dtype=spec.dtype, param_dtype=spec.dtype,
@@ -121,14 +121,9 @@ def build_state(spec: RunSpec, mesh):
                                            dtype=spec.adapter_dtype, seed=spec.seed))
         factors = nnx.state(model, nnx.Any(nnx.LoRAParam, FrozenFactor))
         counts["adapter_params"] = sum(x.size for x in jax.tree.leaves(nnx.as_pure(factors)))
-    trainable_type = nnx.Param if method.adapter == "full" else nnx.LoRAParam
-    graphdef, trainable, rngs, frozen = nnx.split(model, trainable_type, nnx.RngState, ...)
-    scales = None if method.adapter == "full" else nnx.as_pure(nnx.state(model, AdapterScale))
-    counts["trainable_params"] = sum(x.size for x in jax.tree.leaves(nnx.as_pure(trainable)))
-    del model
-    trainable, frozen = (jax.device_put(nnx.as_pure(s), state_shardings(s, mesh)) for s in (trainable, frozen))
-    rngs = jax.device_put(nnx.as_pure(rngs), NamedSharding(mesh, PartitionSpec()))
-    return graphdef, trainable, rngs, frozen, scales, counts
+    state = split_onto_mesh(model, mesh, full=method.adapter == "full")
+    counts["trainable_params"] = sum(x.size for x in jax.tree.leaves(state.trainable))
+    return state, counts
 
 
 def peak_bytes(devices) -> int | None:
@@ -177,26 +172,22 @@ def prepare(spec: RunSpec) -> Prepared:
            "mesh": dict(zip(mesh.axis_names, mesh.devices.shape))}
 
     start = time.perf_counter()
-    graphdef, trainable, rngs, frozen, scales, counts = build_state(spec, mesh)
+    state, counts = build_state(spec, mesh)
     total_steps = spec.warmup + spec.steps
-    optimizer = build_optimizer(optimizer_config(spec), total_steps, scales, frozen)
-    opt_state = jax.jit(optimizer.init)(trainable)
-    replicated = NamedSharding(mesh, PartitionSpec())
-    opt_state = jax.tree.map(  # as train.py: leaves that depend on no parameter come out on one device
-        lambda x: x if isinstance(x.sharding, NamedSharding) else jax.device_put(x, replicated), opt_state)
+    optimizer = build_optimizer(optimizer_config(spec), total_steps, state.scales, state.frozen)
+    opt_state = init_optimizer(optimizer, state.trainable, mesh)
     jax.block_until_ready(opt_state)
     row.update(counts, init_s=time.perf_counter() - start)
 
     batch_sharding = NamedSharding(mesh, PartitionSpec(None, BATCH_AXES))
     batches = [jax.device_put(make_batch(spec, i), batch_sharding) for i in range(total_steps)]
     start = time.perf_counter()
-    shardings = jax.tree.map(lambda x: x.sharding, (trainable, opt_state, rngs))
-    step = jax.jit(make_train_step(graphdef, optimizer), donate_argnums=(0, 1, 2), out_shardings=(*shardings, None))
-    compiled = step.lower(trainable, opt_state, rngs, frozen, batches[0]).compile()
+    step = jit_train_step(state, optimizer, opt_state)
+    compiled = step.lower(state.trainable, opt_state, state.rngs, state.frozen, batches[0]).compile()
     row["compile_s"] = time.perf_counter() - start
     limit = (devices[0].memory_stats() or {}).get("bytes_limit")
     row.update(step_memory(compiled), memory_limit_gib=None if limit is None else limit / GIB)
-    return Prepared(devices, trainable, opt_state, rngs, frozen, batches, compiled, row)
+    return Prepared(devices, state.trainable, opt_state, state.rngs, state.frozen, batches, compiled, row)
 
 
 def model_flops(row: dict) -> float:

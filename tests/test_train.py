@@ -175,7 +175,7 @@ def test_two_processes_with_jax_distributed_agree_with_one_process(data_dir, tmp
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
-    flags = [f"--config=configs/lora_llama.py:tiny", f"--config.data.train={data_dir / 'train.jsonl'}",
+    flags = ["--config=configs/lora_llama.py:tiny", f"--config.data.train={data_dir / 'train.jsonl'}",
              f"--config.data.test={data_dir / 'test.jsonl'}", f"--config.workdir={tmp_path / 'two'}",
              "--config.train.steps=3", "--config.eval.after=False", "--config.train.export_peft=False",
              "--config.distributed.num_processes=2", f"--config.distributed.coordinator_address=localhost:{port}"]
