@@ -25,6 +25,7 @@ from lowrank_jax.models import load_pretrained, load_tokenizer
 from lowrank_jax.training.checkpoint import Checkpointer
 from lowrank_jax.training.config_check import adapter_config_from, check_config
 from lowrank_jax.training.model_source import load_model
+from lowrank_jax.training.placement import trainable_type
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/nystrom_llama.py", "Run config (file[:preset]).",
                                           lock_config=True)
@@ -40,7 +41,7 @@ def trained_model(config, model_path: str, workdir: str):
     full = config.adapter.method == "full"
     if not full:
         model = adapt(model, adapter_config_from(config.adapter))
-    graphdef, trainable, rest = nnx.split(model, nnx.Param if full else nnx.LoRAParam, ...)
+    graphdef, trainable, rest = nnx.split(model, trainable_type(full), ...)
     items, meta = Checkpointer(workdir).restore({"trainable": nnx.as_pure(trainable)})
     print(f"restored step {meta['step']} from {workdir}")
     return nnx.merge(graphdef, items["trainable"], rest), tokenizer

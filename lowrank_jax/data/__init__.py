@@ -11,10 +11,10 @@ from lowrank_jax.data.pipeline import Batches, build_batches, check_data_config
 from lowrank_jax.data.sources import read_examples, read_hub, read_local
 from lowrank_jax.data.splits import Splits, hold_out, load_splits
 from lowrank_jax.data.template import ALPACA_TEMPLATE, render_prompt
-from lowrank_jax.data.tokenization import TokenizedExample, encode_prompts, tokenize_examples
+from lowrank_jax.data.tokenization import TokenizedExample, encode_prompts, pad_id, tokenize_examples
 
 __all__ = ["ALPACA_TEMPLATE", "BatchIterator", "Batches", "DEFAULT_GSM8K_DIR", "EMBEDDED_PACKAGE", "Example", "Splits",
            "TokenizedExample", "build_batches", "check_data_config", "embedded_examples", "encode_prompts",
-           "evaluation_batches", "hold_out", "load_splits", "pack_first_fit", "read_examples", "read_gsm8k",
+           "evaluation_batches", "hold_out", "load_splits", "pack_first_fit", "pad_id", "read_examples", "read_gsm8k",
            "read_hub", "read_local", "records_to_examples", "render_prompt", "rows_to_batch",
            "strip_calculator_annotations", "tokenize_examples"]

@@ -18,7 +18,7 @@ from lowrank_jax.data.gsm8k_local import gsm8k_dir
 from lowrank_jax.data.sources import LOCAL_FILES_HINT, looks_like_path
 from lowrank_jax.data.splits import NAMED_SOURCES, Splits
 from lowrank_jax.data.template import check_template
-from lowrank_jax.data.tokenization import OVERFLOWS, TokenizedExample, tokenize_examples
+from lowrank_jax.data.tokenization import OVERFLOWS, TokenizedExample, pad_id, tokenize_examples
 
 
 def _require(ok: bool, message: str) -> None:
@@ -116,9 +116,8 @@ def build_batches(splits: Splits, tokenizer, cfg, *, process_index: int = 0, pro
         return tokenize_examples(examples, tokenizer, max_length=cfg.max_length, template=cfg.template,
                                  overflow=cfg.overflow)
 
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    layout = dict(global_batch_size=cfg.batch_size, seq_len=cfg.max_length, packing=cfg.packing, pad_id=pad_id,
-                  process_index=process_index, process_count=process_count)
+    layout = dict(global_batch_size=cfg.batch_size, seq_len=cfg.max_length, packing=cfg.packing,
+                  pad_id=pad_id(tokenizer), process_index=process_index, process_count=process_count)
     train = BatchIterator(tokenize(splits.train), seed=cfg.seed, **layout)
     validation = tokenize(splits.validation) if splits.validation else []
     return Batches(train, validation, **layout)

@@ -27,6 +27,11 @@ class TokenizedExample(NamedTuple):
     loss_mask: np.ndarray
 
 
+def pad_id(tokenizer) -> int:
+    """The id that fills padding positions: the tokenizer's pad token, else 0 (padding is always masked out)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
 def encode_prompts(queries: Sequence[str], tokenizer, template: str = "alpaca") -> list[list[int]]:
     """Prompt token ids, exactly as training sees them before the response.
 

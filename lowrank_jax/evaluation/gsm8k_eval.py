@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from lowrank_jax.data import Example, encode_prompts, evaluation_batches, tokenize_examples
+from lowrank_jax.data import Example, encode_prompts, evaluation_batches, pad_id, tokenize_examples
 from lowrank_jax.evaluation.metrics import exact_match_accuracy, mean_loss_and_perplexity
 from lowrank_jax.evaluation.token_loss_eval import mean_token_loss
 from lowrank_jax.models import generate
@@ -43,7 +43,7 @@ def stop_ids(model, tokenizer) -> list[int]:
 def generate_answers(model, tokenizer, queries: Sequence[str], *, template: str, batch_size: int,
                      max_new_tokens: int) -> list[str]:
     """Greedy responses (decoded, special tokens dropped) to `queries`, `batch_size` prompts at a time."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     eos = stop_ids(model, tokenizer)
     prompts = encode_prompts(queries, tokenizer, template)
     texts = []
@@ -62,9 +62,8 @@ def answer_token_loss(model, tokenizer, examples: Sequence[Example], *, template
     """Mean loss (nats) and perplexity of the reference final-answer tokens given the prompt and solution."""
     tokenized = tokenize_examples(examples, tokenizer, max_length=max_length, template=template,
                                   target="final_answer")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     batches = evaluation_batches(tokenized, global_batch_size=batch_size, seq_len=max_length, packing=True,
-                                 pad_id=pad)
+                                 pad_id=pad_id(tokenizer))
     mean, count = mean_token_loss(model, batches)
     return mean_loss_and_perplexity(mean * count, count)
 

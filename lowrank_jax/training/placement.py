@@ -27,9 +27,14 @@ class TrainState(NamedTuple):
     scales: Any      # the adapters' recorded scales (nnx.state(model, AdapterScale)), None for full fine-tuning
 
 
+def trainable_type(full: bool) -> type[nnx.Variable]:
+    """What trains: every Param for full fine-tuning, else the adapter factors (frozen ones are not LoRAParams)."""
+    return nnx.Param if full else nnx.LoRAParam
+
+
 def split_onto_mesh(model: nnx.Module, mesh: Mesh, full: bool) -> TrainState:
     """Splits `model` into trainable / RNG / frozen state and places each leaf by its logical axis names."""
-    graphdef, trainable, rngs, frozen = nnx.split(model, nnx.Param if full else nnx.LoRAParam, nnx.RngState, ...)
+    graphdef, trainable, rngs, frozen = nnx.split(model, trainable_type(full), nnx.RngState, ...)
     scales = None if full else nnx.as_pure(nnx.state(model, AdapterScale))
     trainable, frozen = (jax.device_put(nnx.as_pure(s), state_shardings(s, mesh)) for s in (trainable, frozen))
     rngs = jax.device_put(nnx.as_pure(rngs), NamedSharding(mesh, PartitionSpec()))
