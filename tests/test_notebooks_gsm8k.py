@@ -6,7 +6,7 @@ import pathlib
 import nbclient
 import nbformat
 
-from experiments.summarize import load, result_table
+from experiments.summarize import load, result_table, sweep_table
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "gsm8k_comparison.ipynb"
@@ -19,5 +19,7 @@ def test_gsm8k_comparison_notebook_executes_on_committed_results():
     nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
                             resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
     printed = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
-    runs = load(str(ROOT / "experiments" / "results"))
-    assert result_table(runs) in printed and f"figure drawn from {len(runs)} runs" in printed
+    sweep, final = (load(str(ROOT / "experiments" / "results"), stage) for stage in ("sweep", "final"))
+    assert len(final) > 0 and len(sweep) > 0
+    assert result_table(final) in printed and sweep_table(sweep) in printed
+    assert f"figure drawn from {len(sweep)} sweep runs and {len(final)} final runs" in printed

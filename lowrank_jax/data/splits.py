@@ -2,7 +2,8 @@
 
 Sources: 'embedded' (generated offline, see embedded.py), 'gsm8k_local' (a GSM8K directory), 'local' (files or
 directories named by `data.train` / `data.test`), or a Hugging Face Hub id. Validation problems are held out of the
-training examples by seed, except for 'embedded', which generates its own disjoint validation problems.
+training examples by `data.val_seed` (not `data.seed`, so runs that differ in seed or data order are scored on the
+same problems), except for 'embedded', which generates its own disjoint validation problems.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def load_splits(cfg) -> Splits:
 
     Args:
       cfg: the `data` ConfigDict: `source`, `train`, `test` (paths or Hub ids), `val_examples`,
-        `max_train_examples` (0 = all), `seed`.
+        `max_train_examples` (0 = all), `seed`, `val_seed`.
 
     Returns:
       Splits; the training split is capped at `max_train_examples` after the validation hold-out.
@@ -73,5 +74,5 @@ def load_splits(cfg) -> Splits:
     else:
         train = read_examples(cfg.source, "train")
         test = read_examples(cfg.test, "test") if cfg.test else []
-    train, validation = hold_out(train, cfg.val_examples, cfg.seed)
+    train, validation = hold_out(train, cfg.val_examples, cfg.val_seed)
     return Splits(train[:limit], validation, test)
