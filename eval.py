@@ -15,17 +15,14 @@ import os
 
 import jax
 from absl import app, flags
-from flax import nnx
 from ml_collections import config_flags
 
-from lowrank_jax import adapt
 from lowrank_jax.data import check_data_config, load_splits
 from lowrank_jax.evaluation.gsm8k_eval import evaluate
 from lowrank_jax.models import load_pretrained, load_tokenizer
-from lowrank_jax.training.checkpoint import Checkpointer
-from lowrank_jax.training.config_check import adapter_config_from, check_config
+from lowrank_jax.training.config_check import check_config
 from lowrank_jax.training.model_source import load_model
-from lowrank_jax.training.placement import trainable_type
+from lowrank_jax.training.restore import trained_model
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/nystrom_llama.py", "Run config (file[:preset]).",
                                           lock_config=True)
@@ -33,18 +30,6 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory with checkpoints 
 _MODEL = flags.DEFINE_string("model", None, "Evaluate this HF directory / .gguf file instead of the config's run.")
 _BASE = flags.DEFINE_bool("base", False, "Evaluate the config's base model without adapters.")
 _OUT = flags.DEFINE_string("out", None, "Where eval.json and predictions.jsonl go (default: the workdir).")
-
-
-def trained_model(config, model_path: str, workdir: str):
-    """The config's base model with its adapters (or full weights) restored from `workdir`'s latest checkpoint."""
-    model, _, tokenizer = load_model(config.model, model_path, config.seed)
-    full = config.adapter.method == "full"
-    if not full:
-        model = adapt(model, adapter_config_from(config.adapter))
-    graphdef, trainable, rest = nnx.split(model, trainable_type(full), ...)
-    items, meta = Checkpointer(workdir).restore({"trainable": nnx.as_pure(trainable)})
-    print(f"restored step {meta['step']} from {workdir}")
-    return nnx.merge(graphdef, items["trainable"], rest), tokenizer
 
 
 def main(argv):

@@ -157,6 +157,9 @@ def run(config) -> RunResult:
             pending = None
             ckpt.save(step + 1, {"trainable": trainable, "opt_state": opt_state, "rngs": rngs},
                       {"data": batches.train.state()})
+        if config.train.eval_every and (step + 1) % config.train.eval_every == 0 and step + 1 < total_steps:
+            val_loss = mean_token_loss(nnx.merge(graphdef, trainable, rngs, frozen), batches.validation())[0]
+            log.write(step + 1, {"val/loss": val_loss})   # the last step's is measured below, with the report
     bar.close()
     ckpt.wait()
     if stop < total_steps:

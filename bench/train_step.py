@@ -81,9 +81,11 @@ def run_isolated(spec: dict, env: dict[str, str]) -> dict:
                 row = json.load(f)
     if process.returncode == 0 and "status" in row:
         return row
-    tail = "\n".join(process.stderr.strip().splitlines()[-15:])
+    lines = process.stderr.strip().splitlines()
+    # XLA appends a Python stack trace to its messages, so the exception's own line may sit above the tail
+    raised = [line for line in lines if "Error:" in line or "Error(" in line][-1:]
     status = "oom" if any(m in process.stderr for m in OOM_MARKERS) else "error"
-    return {**row, "status": status, "error": tail}
+    return {**row, "status": status, "error": "\n".join(raised + lines[-15:])}
 
 
 def run_here(spec: dict) -> dict:

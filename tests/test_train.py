@@ -14,8 +14,11 @@ import pytest
 import train
 from configs import (common, full_llama, inttune_llama, lora_llama, lorapro_llama, nlora_llama, nystrom_llama,
                      pissa_llama, slora_llama)
+from lowrank_jax.data import build_batches, load_splits
+from lowrank_jax.evaluation.token_loss_eval import mean_token_loss
 from lowrank_jax.training.checkpoint import Checkpointer
 from lowrank_jax.training.config_check import check_config
+from lowrank_jax.training.restore import trained_model
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +62,26 @@ def assert_trees_close(a, b, tol):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=tol, atol=tol)
 
 
+def validation_loss_of_checkpoint(config):
+    """The validation loss of the latest checkpoint in config.workdir, restored the way eval.py restores it."""
+    model, tokenizer = trained_model(config, check_config(config), config.workdir)
+    batches = build_batches(load_splits(config.data), tokenizer, config.data, process_index=0, process_count=1)
+    return mean_token_loss(model, batches.validation())[0]
+
+
 def test_resume_after_stop_equals_uninterrupted_run_then_eval_and_export(data_dir, tmp_path):
     whole = train.run(tiny(lora_llama, data_dir, tmp_path / "whole", **{
-        "train.steps": 4, "train.checkpoint_every": 2, "eval.after": True, "train.export_peft": True}))
-    first = train.run(tiny(lora_llama, data_dir, tmp_path / "split", **{
-        "train.steps": 4, "train.checkpoint_every": 2, "train.stop_after": 2}))
+        "train.steps": 4, "train.checkpoint_every": 2, "train.eval_every": 2, "eval.after": True,
+        "train.export_peft": True}))
+    first_config = tiny(lora_llama, data_dir, tmp_path / "split", **{
+        "train.steps": 4, "train.checkpoint_every": 2, "train.stop_after": 2})
+    first = train.run(first_config)
     assert first.report["steps"] == 4 and "val_loss" not in first.report
+    with open(tmp_path / "whole" / "metrics.jsonl") as f:
+        validation = {r["step"]: r["val/loss"] for r in map(json.loads, f) if "val/loss" in r}
+    assert sorted(validation) == [2, 4] and validation[4] == whole.report["val_loss"]
+    first_config.resume = True
+    np.testing.assert_allclose(validation[2], validation_loss_of_checkpoint(first_config), rtol=1e-6)
     resumed = train.run(tiny(lora_llama, data_dir, tmp_path / "split", **{
         "train.steps": 4, "train.checkpoint_every": 2, "resume": True}))
 
