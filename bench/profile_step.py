@@ -4,7 +4,8 @@ Builds the benchmark's own step (bench/train_one.py `prepare`, so the shapes, me
 bench/train_step.py), times `--steps` steps after `--warmup` ones, then runs `--steps` more under
 `jax.profiler.trace` and reads the kernels of the GPU stream rows from its perfetto_trace.json.gz:
 
-  python -m bench.profile_step --models 7b --methods lora-r8 --batch 8 --seq 2048 --remat dots_with_no_batch_dims_saveable --out profile.json
+  python -m bench.profile_step --models 7b --methods lora-r8 --batch 4 --seq 2048 \\
+      --remat dots_with_no_batch_dims_saveable --out profile.json
   python -m bench.profile_step --tiny      # CPU smoke test: no GPU rows, so XLA's CPU op events stand in
 
 A kernel's category is the first of collective, memcpy (and memset), attention, matmul, fusion (XLA's elementwise,

@@ -2,8 +2,8 @@
 
 Two stages, each resumable (a run whose JSON exists is skipped), several runs at a time on one GPU:
 
-  python -m experiments.gsm8k_comparison sweep --gsm8k ../shared/data/gsm8k --model SmolLM2.gguf --jobs 6
-  python -m experiments.gsm8k_comparison final --gsm8k ../shared/data/gsm8k --model SmolLM2.gguf --jobs 6
+  python -m experiments.gsm8k_comparison sweep --gsm8k ../shared/data/gsm8k --model SmolLM2.gguf --jobs 3
+  python -m experiments.gsm8k_comparison final --gsm8k ../shared/data/gsm8k --model SmolLM2.gguf --jobs 3
 
 `sweep` trains every method at its config's learning rate times each of --lr-scales (seed 0, no generation) and
 writes OUT/sweep/{method}_lr{lr}.json; the score is the loss on training problems held out as validation.
@@ -127,18 +127,22 @@ def run_all(args) -> None:
     while todo or running:
         while todo and len(running) < args.jobs:
             name, seed, lr, examples, result = todo.pop(0)
-            command = [sys.executable, "-m", "experiments.gsm8k_comparison", "one", "--name", name, "--seed", str(seed), "--lr", repr(lr),
-                       "--eval-examples", str(examples), "--result", result, "--gsm8k", args.gsm8k, "--model",
-                       args.model, "--steps", str(args.steps), "--jobs", str(args.jobs), "--workdir", args.workdir]
+            command = [sys.executable, "-m", "experiments.gsm8k_comparison", "one", "--name", name, "--seed", str(seed),
+                       "--lr", repr(lr), "--eval-examples", str(examples), "--result", result, "--gsm8k", args.gsm8k,
+                       "--model", args.model, "--steps", str(args.steps), "--jobs", str(args.jobs),
+                       "--workdir", args.workdir]
             log = open(result[:-len(".json")] + ".log", "w")
-            running.append((subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT), result))
+            process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            running.append((process, log, result))
         time.sleep(2)
-        for process, result in [r for r in running if r[0].poll() is not None]:
-            running.remove((process, result))
+        for entry in [r for r in running if r[0].poll() is not None]:
+            running.remove(entry)
+            process, log, result = entry
+            log.close()
             if process.returncode:
                 failed.append(result)
             else:
-                os.remove(result[:-len(".json")] + ".log")
+                os.remove(log.name)
             print(f"{'FAILED' if process.returncode else 'done'} {result}", flush=True)
     if failed:
         raise SystemExit(f"{len(failed)} runs failed (their .log files say why); rerun the same command: {failed}")

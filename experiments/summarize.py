@@ -39,7 +39,7 @@ def sweep_table(sweep: list[dict]) -> str:
 
 
 def result_table(final: list[dict]) -> str:
-    """GSM8K test accuracy, answer-token loss and validation loss of the final runs, mean ± standard error over seeds."""
+    """GSM8K test accuracy, answer-token loss and validation loss of the final runs, mean ± s.e. over seeds."""
     groups = defaultdict(list)
     for r in final:
         groups[r["name"]].append(r)
