@@ -9,7 +9,8 @@
 # Parts: headline (7B LoRA r=8, ours and PEFT), jax7b (every other method at 7B), jax1b (every method at 1B,
 # full fine-tuning included), peft (PEFT LoRA r=128 at 7B; LoRA r=8, r=128, full at 1B), gen (batched greedy
 # decoding, ours vs transformers), seq1024 (7B LoRA r=8 at sequence 1024, ours and PEFT), peftcompile (headline
-# PEFT row with torch.compile; not in the default list).
+# PEFT row with torch.compile) and profile (where the 7B LoRA step's GPU time goes); the last two are not in the
+# default list.
 # Settings: BATCH_7B (8), BATCH_1B (8), BUDGET_S (480), REMAT (full), ATTENTION (cudnn); TINY=1 runs every part
 # with tiny shapes on the CPU (a check of this script, minutes).
 # Needs lowrank_jax's requirements importable (ml-collections and gguf on top of the GPU image), torch + peft.
@@ -57,7 +58,10 @@ run_part() {
       $peft --models 7b --methods lora-r8 --seqs 1024 --batch $((2 * b7)) $steps7b --out "$out/seq1024_peft.json" ;;
     peftcompile)
       $peft --models 7b --methods lora-r8 --batch "$b7" --compile --steps 3 --warmup 2 --out "$out/peftcompile.json" ;;
-    *) echo "unknown part $1; parts: quick headline jax7b jax1b peft gen seq1024 peftcompile"; exit 2 ;;
+    profile)
+      python -m bench.profile_step --models 7b --methods lora-r8 --batch 4 --remat dots_with_no_batch_dims_saveable \
+        $tiny --out "$out/profile.json" ;;
+    *) echo "unknown part $1; parts: quick headline jax7b jax1b peft gen seq1024 peftcompile profile"; exit 2 ;;
   esac
 }
 
