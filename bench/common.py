@@ -164,12 +164,23 @@ def write_json(path: str | None, payload: dict) -> None:
         json.dump(payload, f, indent=2, default=float)
 
 
+def format_cell(row: dict, key: str, spec: str) -> str:
+    """`row[key]` formatted with `spec`; a missing value prints as '-'."""
+    value = row.get(key)
+    return "-" if value is None else format(value, spec)
+
+
+def error_tail(stderr: str, lines: int = 15) -> str:
+    """What a crashed child process said: its last exception line (XLA appends a Python stack trace to its messages,
+    so that line may sit above the tail) and the last `lines` lines."""
+    text = stderr.strip().splitlines()
+    raised = [line for line in text if "Error:" in line or "Error(" in line][-1:]
+    return "\n".join(raised + text[-lines:])
+
+
 def format_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) -> str:
     """A fixed-width text table; columns are (key, header, format spec), missing values print as '-'."""
-    def cell(row, key, spec):
-        value = row.get(key)
-        return "-" if value is None else format(value, spec)
-    body = [[cell(row, key, spec) for key, _, spec in columns] for row in rows]
+    body = [[format_cell(row, key, spec) for key, _, spec in columns] for row in rows]
     headers = [header for _, header, _ in columns]
     widths = [max([len(h)] + [len(line[i]) for line in body]) for i, h in enumerate(headers)]
     lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths))]

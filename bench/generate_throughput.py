@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from bench.common import (GIB, canonical_model, environment, format_table, model_shape, synthetic_batch,
+from bench.common import (GIB, canonical_model, environment, error_tail, format_table, model_shape, synthetic_batch,
                           write_json)
 from bench.train_step import parse_list
 
@@ -125,7 +125,7 @@ def run_isolated(args, impl: str) -> dict:
         if process.returncode == 0:
             with open(result) as f:
                 return json.load(f)
-    return {"impl": impl, "status": "error", "error": "\n".join(process.stderr.strip().splitlines()[-15:])}
+    return {"impl": impl, "status": "error", "error": error_tail(process.stderr)}
 
 
 def parse_args(argv=None):

@@ -10,19 +10,16 @@ import glob
 import json
 import os
 
-from bench.common import METHODS, format_table
+from bench.common import METHODS, format_cell, format_table
 
 OURS, PEFT = "lowrank-jax", "pytorch+peft"
 
 
 def markdown(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
     """A markdown table; columns are (key, header, format spec), missing values print as '-'."""
-    def cell(row, key, spec):
-        value = row.get(key)
-        return "-" if value is None else format(value, spec)
     lines = ["| " + " | ".join(header for _, header, _ in columns) + " |",
              "|" + "|".join(" --- " for _ in columns) + "|"]
-    lines += ["| " + " | ".join(cell(row, key, spec) for key, _, spec in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(format_cell(row, key, spec) for key, _, spec in columns) + " |" for row in rows]
     return "\n".join(lines)
 
 

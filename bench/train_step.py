@@ -20,7 +20,7 @@ import tempfile
 import time
 
 from bench.common import (FULL_FT_MODELS, H100_BF16_DENSE_TFLOPS, METHODS, TRAIN_COLUMNS, canonical_model,
-                          environment, format_table, write_json)
+                          environment, error_tail, format_table, write_json)
 
 OOM_MARKERS = ("RESOURCE_EXHAUSTED", "out of memory", "Out of memory")
 SCALING_COLUMNS = (("model", "model", ""), ("method", "method", ""), ("devices", "GPUs", "d"),
@@ -81,11 +81,8 @@ def run_isolated(spec: dict, env: dict[str, str]) -> dict:
                 row = json.load(f)
     if process.returncode == 0 and "status" in row:
         return row
-    lines = process.stderr.strip().splitlines()
-    # XLA appends a Python stack trace to its messages, so the exception's own line may sit above the tail
-    raised = [line for line in lines if "Error:" in line or "Error(" in line][-1:]
     status = "oom" if any(m in process.stderr for m in OOM_MARKERS) else "error"
-    return {**row, "status": status, "error": "\n".join(raised + lines[-15:])}
+    return {**row, "status": status, "error": error_tail(process.stderr)}
 
 
 def run_here(spec: dict) -> dict:

@@ -109,10 +109,12 @@ def planned_runs(args) -> list[tuple[str, int, float, int, str]]:
     methods = args.methods.split(",")
     if args.stage == "sweep":
         scales = [float(s) for s in args.lr_scales.split(",")]
-        return [(m, 0, default_lr(m) * s, 0, os.path.join(args.out, "sweep", f"{m}_lr{default_lr(m) * s:.3g}.json"))
-                for s in scales for m in methods if m != "base"]
+        base_lrs = {m: default_lr(m) for m in methods if m != "base"}
+        return [(m, 0, lr * s, 0, os.path.join(args.out, "sweep", f"{m}_lr{lr * s:.3g}.json"))
+                for s in scales for m, lr in base_lrs.items()]
     seeds = [int(s) for s in args.seeds.split(",")]
-    return [(m, s, best_lr(args.out, m), args.eval_examples, os.path.join(args.out, "final", f"{m}_s{s}.json"))
+    chosen = {m: best_lr(args.out, m) for m in methods}
+    return [(m, s, chosen[m], args.eval_examples, os.path.join(args.out, "final", f"{m}_s{s}.json"))
             for s in seeds for m in methods if not (m == "base" and s != seeds[0])]
 
 

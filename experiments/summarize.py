@@ -19,10 +19,15 @@ def load(directory: str, stage: str) -> list[dict]:
     return [json.load(open(f)) for f in sorted(glob.glob(os.path.join(directory, stage, "*.json")))]
 
 
+def mean_and_se(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error over seeds (0 for a single run)."""
+    return statistics.mean(values), statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
+
+
 def mean_se(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values) / len(values) ** 0.5:.3f}"
+    return "{:.3f} ± {:.3f}".format(*mean_and_se(values))
 
 
 def sweep_table(sweep: list[dict]) -> str:
