@@ -11,6 +11,7 @@ from flax import nnx
 
 from lowrank_jax.models.axes import logical_axes
 from lowrank_jax.models.config import LlamaConfig
+from lowrank_jax.models.packed_attention import PackedSegments, packed_causal_attention
 from lowrank_jax.models.rope import apply_rope
 
 
@@ -47,7 +48,7 @@ class Attention(nnx.Module):
         self.head_dim = config.head_dim
         self.implementation = config.attention_impl
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array | None,
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array | PackedSegments | None,
                  layer_cache: tuple[jax.Array, jax.Array] | None = None, write_index: jax.Array | None = None,
                  ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
         """Self-attention over `x`, or over the cache after writing x's keys/values into it.
@@ -55,8 +56,9 @@ class Attention(nnx.Module):
         Args:
             x: (batch, T, hidden).
             cos, sin: (batch, T, head_dim) rotary tables of x's positions.
-            mask: without a cache, (batch, 1, T, T) padding/segment mask or None (causality is added here);
-                with a cache, the full (batch, 1, T, cache_len) mask.
+            mask: without a cache, (batch, 1, T, T) padding/segment mask or None (causality is added here), or
+                the rows' `PackedSegments` for cuDNN's packed kernel; with a cache, the full (batch, 1, T, cache_len)
+                mask.
             layer_cache: (keys, values), each (batch, cache_len, kv_heads, head_dim), or None.
             write_index: () int, the cache slot of x's first token (with a cache).
 
@@ -67,7 +69,9 @@ class Attention(nnx.Module):
         q = apply_rope(self.q_proj(x).reshape(batch, seq, self.num_heads, self.head_dim), cos, sin)
         k = apply_rope(self.k_proj(x).reshape(batch, seq, self.num_kv_heads, self.head_dim), cos, sin)
         v = self.v_proj(x).reshape(batch, seq, self.num_kv_heads, self.head_dim)
-        if layer_cache is None:
+        if isinstance(mask, PackedSegments):
+            out = packed_causal_attention(q, k, v, mask)
+        elif layer_cache is None:
             out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True, implementation=self.implementation)
         else:
             cached_k, cached_v = layer_cache

@@ -17,6 +17,7 @@ from lowrank_jax.models.kv_cache import KVCache
 from lowrank_jax.models.masks import (cached_attention_mask, padding_and_segment_mask, positions_from_attention_mask,
                                       positions_from_segment_ids)
 from lowrank_jax.models.norm import RMSNorm
+from lowrank_jax.models.packed_attention import packed_segments
 from lowrank_jax.models.rope import rope_cos_sin, rope_inverse_frequencies
 
 REMAT_POLICY_FUNCTIONS = {
@@ -97,7 +98,9 @@ class Llama(nnx.Module):
             attention_mask: (batch, seq), 1 = real token (left or right padding), or None (all real).
             positions: (batch, seq) rotary positions; default: restart per segment when `segment_ids` is given,
                 else the count of real tokens before each token (so left padding is handled).
-            segment_ids: (batch, seq) int, 0 = padding; attention stays inside a segment (packed sequences).
+            segment_ids: (batch, seq) int, 0 = padding; attention stays inside a segment (packed sequences), each
+                segment contiguous. With attention_impl='cudnn' they go to cuDNN as offsets and lengths
+                (`packed_attention.py`).
 
         Returns:
             (batch, seq, vocab) float32 logits; values at padding positions are meaningless.
@@ -110,7 +113,10 @@ class Llama(nnx.Module):
                 positions = positions_from_attention_mask(attention_mask)
             else:
                 positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1], dtype=jnp.int32), input_ids.shape)
-        mask = padding_and_segment_mask(attention_mask, segment_ids)
+        if self.config.attention_impl == "cudnn" and segment_ids is not None and attention_mask is None:
+            mask = packed_segments(segment_ids)
+        else:
+            mask = padding_and_segment_mask(attention_mask, segment_ids)
         h, _ = self._run_layers(self.embed_tokens(input_ids), positions, mask)
         return self._logits(h)
 
