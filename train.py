@@ -28,7 +28,7 @@ from lowrank_jax.data import build_batches, load_splits
 from lowrank_jax.evaluation.gsm8k_eval import evaluate
 from lowrank_jax.evaluation.token_loss_eval import mean_token_loss
 from lowrank_jax.models import save_pretrained
-from lowrank_jax.sharding import BATCH_AXES, make_mesh
+from lowrank_jax.sharding import BATCH_AXES, check_attention_for_mesh, make_mesh
 from lowrank_jax.training.checkpoint import Checkpointer
 from lowrank_jax.training.config_check import adapter_config_from, check_config
 from lowrank_jax.training.metrics_log import MetricsLog
@@ -71,6 +71,7 @@ def run(config) -> RunResult:
     maybe_initialize_distributed(config.distributed)
     devices = jax.devices()[:config.mesh.devices] if config.mesh.devices else None
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices=devices)
+    check_attention_for_mesh(config.model.attention_impl, mesh)
     batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
     micro_batch = config.data.batch_size // config.data.grad_accum
     if micro_batch % batch_devices or micro_batch % jax.process_count():

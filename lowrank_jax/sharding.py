@@ -57,6 +57,18 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[
     return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=axis_types, devices=devices)
 
 
+def check_attention_for_mesh(attention_impl: str, mesh: Mesh) -> None:
+    """Refuses cuDNN attention on a mesh of several devices, where it is not correct (docs/benchmarks.md).
+
+    On 2 H200s, with the batch split over data/fsdp, cuDNN's partitioned packed-segment call ended 20 steps at loss
+    12.17 where one device reached 10.49 (XLA attention: equal within 6e-4), and with a dense mask it did not compile.
+    """
+    if attention_impl == "cudnn" and mesh.size > 1:
+        raise ValueError(f"model.attention_impl='cudnn' is for one device, but the mesh has {mesh.size}: partitioned "
+                         "cuDNN attention gives a wrong loss (docs/benchmarks.md). Use model.attention_impl='xla' "
+                         "on several devices.")
+
+
 def spec_for(names: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh,
              rules: Mapping[str, tuple[str, ...]] = DEFAULT_RULES) -> PartitionSpec:
     """PartitionSpec for an array with logical axis `names`; dims that a mesh axis does not divide stay whole."""

@@ -164,6 +164,14 @@ def test_bad_configs_fail_before_loading(data_dir, tmp_path, overrides, message)
         check_config(tiny(lora_llama, data_dir, tmp_path, **overrides))
 
 
+def test_cudnn_attention_on_several_devices_fails_before_loading(data_dir, tmp_path):
+    config = tiny(lora_llama, data_dir, tmp_path, **{"model.attention_impl": "cudnn", "train.steps": 1})
+    assert jax.device_count() > 1  # conftest's fake CPU devices; the mesh takes them all
+    with pytest.raises(ValueError, match="attention_impl='xla'"):
+        train.run(config)
+    assert not os.path.exists(os.path.join(config.workdir, "config.json"))
+
+
 def test_existing_run_is_not_overwritten_without_resume(data_dir, tmp_path):
     train.run(tiny(lora_llama, data_dir, tmp_path, **{"train.steps": 1}))
     with pytest.raises(ValueError, match="resume"):
