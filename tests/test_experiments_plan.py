@@ -12,7 +12,7 @@ from experiments import gsm8k_comparison as comparison
 
 def plan_args(tmp_path, stage, **overrides):
     values = dict(stage=stage, methods="base,lora-r8,full", lr_scales="1,2", seeds="0,1", eval_examples=1319,
-                  out=str(tmp_path))
+                  out=str(tmp_path), extend_edges=False)
     return argparse.Namespace(**{**values, **overrides})
 
 
@@ -44,3 +44,25 @@ def test_final_takes_the_lowest_validation_loss_and_evaluates_base_once(tmp_path
 def test_final_without_sweep_results_names_the_missing_stage(tmp_path):
     with pytest.raises(SystemExit, match="run the `sweep` stage first"):
         comparison.planned_runs(plan_args(tmp_path, "final", methods="lora-r8"))
+
+
+def test_extend_edges_steps_past_a_best_range_end_only(tmp_path):
+    for lr, loss in ((5e-4, 0.95), (1e-3, 0.90)):  # best at the top: try 2e-3
+        write_sweep_run(tmp_path, "lora-r8", lr, loss)
+    for lr, loss in ((2e-5, 1.2), (4e-5, 1.3)):  # best at the bottom: try 1e-5
+        write_sweep_run(tmp_path, "full", lr, loss)
+    runs = comparison.planned_runs(plan_args(tmp_path, "sweep", extend_edges=True))
+    assert [(name, lr) for name, _, lr, _, _ in runs] == [("lora-r8", 2e-3), ("full", 1e-5)]
+    write_sweep_run(tmp_path, "lora-r8", 2e-3, 0.97)  # now interior: nothing more for lora-r8
+    runs = comparison.planned_runs(plan_args(tmp_path, "sweep", extend_edges=True))
+    assert [(name, lr) for name, _, lr, _, _ in runs] == [("full", 1e-5)]
+
+
+def test_final_refuses_results_of_another_lr(tmp_path):
+    write_sweep_run(tmp_path, "lora-r8", 1e-3, 0.9)
+    os.makedirs(tmp_path / "final")
+    stale = tmp_path / "final" / "lora-r8_s0.json"
+    stale.write_text(json.dumps({"name": "lora-r8", "seed": 0, "lr": 5e-4}))
+    with pytest.raises(SystemExit, match="another lr"):
+        comparison.run_all(plan_args(tmp_path, "final", methods="lora-r8", seeds="0", jobs=1))
+    assert json.loads(stale.read_text())["lr"] == 5e-4  # left as it was
