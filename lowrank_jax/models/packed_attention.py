@@ -8,6 +8,9 @@ plain causal kernel. It needs a static bound on segments per row: rows within `M
 kernel; a batch with a fuller row takes the dense-mask kernel (`jax.lax.cond`, so the result is right either way).
 
 A segment here is a run of equal non-zero `segment_ids` (0 = padding), as `lowrank_jax.data.packing` writes them.
+`jax.nn.dot_product_attention` takes no offsets, so this calls JAX's own cuDNN entry point
+(`jax._src.cudnn.fused_attention_stablehlo`, internal: imported only when the kernel is traced, so a JAX that moves
+it breaks this path alone). `bench/attention_check.py` checks it against XLA on a GPU.
 """
 
 from __future__ import annotations
@@ -16,8 +19,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax._src.cudnn.fused_attention_stablehlo import MaskType
-from jax._src.cudnn.fused_attention_stablehlo import dot_product_attention as cudnn_attention
 
 from lowrank_jax.models.masks import padding_and_segment_mask
 
@@ -83,6 +84,8 @@ def packed_causal_attention(query: jax.Array, key: jax.Array, value: jax.Array,
     scale = query.shape[-1] ** -0.5
 
     def packed(q, k, v):
+        from jax._src.cudnn.fused_attention_stablehlo import MaskType
+        from jax._src.cudnn.fused_attention_stablehlo import dot_product_attention as cudnn_attention
         return cudnn_attention(q, k, v, q_seqlen=segments.lengths, kv_seqlen=segments.lengths,
                                q_offsets=segments.offsets, kv_offsets=segments.offsets, scale=scale,
                                mask_type=MaskType.PADDING_CAUSAL)
