@@ -100,12 +100,15 @@ def matmul_params(shape: dict) -> int:
     return layers * per_layer + shape["vocab_size"] * hidden
 
 
-def attention_forward_flops(shape: dict, batch: int, seq: int) -> float:
-    """QKᵀ and PV of causal attention over the unmasked half: 2·B·T²·heads·head_dim per layer."""
-    return 2.0 * batch * seq**2 * shape["num_attention_heads"] * shape["head_dim"] * shape["num_hidden_layers"]
+def attention_forward_flops(shape: dict, batch: int, seq: int, segments: int = 1) -> float:
+    """QKᵀ and PV of causal attention over the unmasked half of each segment: 2·B·T²/segments·heads·head_dim per
+    layer, for rows of `segments` equal packed sequences (attention stays inside a segment)."""
+    return (2.0 * batch * seq**2 / segments * shape["num_attention_heads"] * shape["head_dim"]
+            * shape["num_hidden_layers"])
 
 
-def train_step_flops(shape: dict, batch: int, seq: int, adapter_params: int, trained_matmul_params: int) -> float:
+def train_step_flops(shape: dict, batch: int, seq: int, adapter_params: int, trained_matmul_params: int,
+                     segments: int = 1) -> float:
     """Model FLOPs one train step needs (no recomputation counted; see docs/benchmarks.md for the formula).
 
     Args:
@@ -115,6 +118,7 @@ def train_step_flops(shape: dict, batch: int, seq: int, adapter_params: int, tra
         token multiplies in the forward pass.
       trained_matmul_params: entries of the trained weights that tokens multiply: every matmul weight for full
         fine-tuning, the trained adapter factors otherwise.
+      segments: equal packed sequences per row.
 
     Returns:
       forward (2·N·tokens + attention) + input gradients (2·N·tokens + 2·attention) + weight gradients
@@ -122,7 +126,7 @@ def train_step_flops(shape: dict, batch: int, seq: int, adapter_params: int, tra
     """
     tokens = batch * seq
     weights = matmul_params(shape) + adapter_params
-    attention = attention_forward_flops(shape, batch, seq)
+    attention = attention_forward_flops(shape, batch, seq, segments)
     forward = 2.0 * weights * tokens + attention
     input_gradients = 2.0 * weights * tokens + 2.0 * attention  # attention backward: 4 matmuls of forward's size
     weight_gradients = 2.0 * trained_matmul_params * tokens

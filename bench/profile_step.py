@@ -155,7 +155,7 @@ def profile(spec, trace_folder: str, top: int) -> dict:
     summary = kernel_summary(kernels, spec.steps, step_s, top)
     flops = model_flops(p.row)
     # Attention's forward and backward matmuls (train_step_flops); with --attention xla they run as matmul kernels.
-    attention_flops = (3 * attention_forward_flops(model_shape(spec.model), spec.batch, spec.seq)
+    attention_flops = (3 * attention_forward_flops(model_shape(spec.model), spec.batch, spec.seq, spec.segments)
                        if spec.attention == "cudnn" else 0.0)
     category_ms = {c["category"]: c["ms_per_step"] for c in summary["categories"]}
     return {**p.row, "status": "ok", "step_s": step_s, "traced_step_s": traced_step_s,

@@ -195,7 +195,7 @@ def model_flops(row: dict) -> float:
     """Model FLOPs of one step of the configuration in `row` (needs its adapter and trainable counts)."""
     shape = model_shape(row["model"])
     trained = matmul_params(shape) if METHODS[row["method"]].adapter == "full" else row["trainable_params"]
-    return train_step_flops(shape, row["batch"], row["seq"], row["adapter_params"], trained)
+    return train_step_flops(shape, row["batch"], row["seq"], row["adapter_params"], trained, row.get("segments", 1))
 
 
 def run(spec: RunSpec, on_compiled=None) -> dict:
