@@ -9,8 +9,8 @@ segment per row.
 
 Speed: attention alone at Llama-2-7B head shapes, forward + backward, for the packed kernel, jax.nn's cuDNN call
 with the dense segment mask (what the model used before), cuDNN with causality only (no segments: an upper bound),
-and XLA with the mask. TFLOP/s counts causal attention within each segment: forward 4·heads·head_dim·Σ len²/2 per
-row, backward twice that.
+and XLA with the mask. TFLOP/s counts causal attention within each segment as the MFU numerator does
+(bench/common.py `attention_forward_flops`), backward twice the forward.
 
   python -m bench.attention_check --out attention.json            # GPU (Hopper: the packed layout needs sm_90)
 """
@@ -26,7 +26,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from bench.common import environment, format_table, write_json
+from bench.common import attention_forward_flops, environment, format_table, write_json
 from lowrank_jax.models import Llama, LlamaConfig
 from lowrank_jax.models.masks import padding_and_segment_mask
 from lowrank_jax.models.packed_attention import MAX_PACKED_SEGMENTS, packed_causal_attention, packed_segments
@@ -105,13 +105,6 @@ def check_correctness(seq: int = 1024) -> list[dict]:
     return rows
 
 
-def causal_segment_flops(segment_ids: np.ndarray, heads: int, head_dim: int) -> float:
-    """Forward + backward FLOPs of causal attention within each segment (3 × forward's 2·heads·head_dim·len²)."""
-    lengths = np.unique(segment_ids[segment_ids != 0] + 1_000_000 * np.nonzero(segment_ids)[0],
-                        return_counts=True)[1]
-    return 3 * 2.0 * heads * head_dim * float((lengths.astype(np.float64) ** 2).sum())
-
-
 def time_attention(batch: int = 4, seq: int = 2048, heads: int = 32, head_dim: int = 128, steps: int = 20) -> list[dict]:
     keys = jax.random.split(jax.random.key(0), 3)
     q, k, v = (jax.random.normal(key, (batch, seq, heads, head_dim), jnp.bfloat16) for key in keys)
@@ -128,7 +121,9 @@ def time_attention(batch: int = 4, seq: int = 2048, heads: int = 32, head_dim: i
             "xla dense mask": lambda q, k, v: jax.nn.dot_product_attention(
                 q, k, v, mask=padding_and_segment_mask(None, seg), is_causal=True, implementation="xla"),
         }
-        flops = causal_segment_flops(segment_ids, heads, head_dim)
+        # Forward + backward (3 × forward) of one attention layer, as the MFU numerator counts it.
+        flops = 3 * attention_forward_flops(dict(num_attention_heads=heads, head_dim=head_dim, num_hidden_layers=1),
+                                            batch, seq, segments)
         for name, attend in variants.items():
             step = jax.jit(jax.grad(lambda q, k, v: attend(q, k, v).astype(jnp.float32).sum(), argnums=(0, 1, 2)))
             jax.block_until_ready(step(q, k, v))
