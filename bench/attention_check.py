@@ -110,8 +110,7 @@ def time_attention(batch: int = 4, seq: int = 2048, heads: int = 32, head_dim: i
     q, k, v = (jax.random.normal(key, (batch, seq, heads, head_dim), jnp.bfloat16) for key in keys)
     rows = []
     for segments in (1, 8):
-        segment_ids = equal_rows(batch, seq, segments)
-        seg = jnp.asarray(segment_ids)
+        seg = jnp.asarray(equal_rows(batch, seq, segments))
         variants = {
             "cudnn packed": lambda q, k, v: packed_causal_attention(q, k, v, packed_segments(seg)),
             "cudnn dense mask": lambda q, k, v: jax.nn.dot_product_attention(
