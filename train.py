@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from absl import app
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import config_flags
 from tqdm import tqdm
 
@@ -28,7 +28,7 @@ from lowrank_jax.data import build_batches, load_splits
 from lowrank_jax.evaluation.gsm8k_eval import evaluate
 from lowrank_jax.evaluation.token_loss_eval import mean_token_loss
 from lowrank_jax.models import save_pretrained
-from lowrank_jax.sharding import BATCH_AXES, check_attention_for_mesh, make_mesh
+from lowrank_jax.sharding import BATCH_AXES, make_mesh
 from lowrank_jax.training.checkpoint import Checkpointer
 from lowrank_jax.training.config_check import adapter_config_from, check_config
 from lowrank_jax.training.metrics_log import MetricsLog
@@ -71,13 +71,18 @@ def run(config) -> RunResult:
     maybe_initialize_distributed(config.distributed)
     devices = jax.devices()[:config.mesh.devices] if config.mesh.devices else None
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices=devices)
-    check_attention_for_mesh(config.model.attention_impl, mesh)
     batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
     micro_batch = config.data.batch_size // config.data.grad_accum
     if micro_batch % batch_devices or micro_batch % jax.process_count():
         raise ValueError(f"config: data.batch_size / data.grad_accum = {micro_batch} rows must split evenly over "
                          f"data*fsdp = {batch_devices} devices and {jax.process_count()} processes; change "
                          "data.batch_size, data.grad_accum or mesh")
+    with jax.set_mesh(mesh):  # per-device kernels (cuDNN packed attention) read the mesh when traced
+        return train_and_evaluate(config, model_path, mesh)
+
+
+def train_and_evaluate(config, model_path: str, mesh: Mesh) -> RunResult:
+    """`run` after its checks, with `mesh` set."""
     is_main = jax.process_index() == 0
     log = MetricsLog(config.workdir)
     if is_main:

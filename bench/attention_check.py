@@ -5,7 +5,8 @@ attention_impl='cudnn' (packed kernel, or its dense-mask fallback), 'xla' in bfl
 reference. cuDNN's error against the reference (logits on real tokens; gradient of the masked mean cross-entropy
 w.r.t. every weight) must stay within 2x of XLA-bfloat16's (plus 1e-3), for rows within MAX_PACKED_SEGMENTS
 segments with padding at their ends, rows beyond it (the fallback), rows of 4 segments without padding, and one
-segment per row.
+segment per row; with 2 or more devices also cuDNN with the rows split over 2 of them (`cudnn-2dev`, as train.py
+runs it on a mesh).
 
 Speed: attention alone at Llama-2-7B head shapes, forward + backward, for the packed kernel, jax.nn's cuDNN call
 with the dense segment mask (what the model used before), cuDNN with causality only (no segments: an upper bound),
@@ -26,10 +27,13 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
 from bench.common import attention_forward_flops, environment, format_table, write_json
 from lowrank_jax.models import Llama, LlamaConfig
 from lowrank_jax.models.masks import padding_and_segment_mask
 from lowrank_jax.models.packed_attention import MAX_PACKED_SEGMENTS, packed_causal_attention, packed_segments
+from lowrank_jax.sharding import BATCH_AXES, make_mesh
 
 SMALL = dict(vocab_size=512, hidden_size=512, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=8,
              num_key_value_heads=4, head_dim=128, max_position_embeddings=4096)
@@ -54,17 +58,21 @@ def equal_rows(batch: int, seq: int, segments: int) -> np.ndarray:
     return np.broadcast_to(1 + np.arange(seq) // (seq // segments), (batch, seq)).astype(np.int32)
 
 
-def loss_and_grads(model: Llama, ids: jax.Array, segment_ids: jax.Array):
-    """Logits, and gradients of the mean next-token cross-entropy over real tokens, w.r.t. every weight."""
+def loss_and_grads(model: Llama, ids: jax.Array, segment_ids: jax.Array, mesh: Mesh):
+    """Logits, and gradients of the mean next-token cross-entropy over real tokens, w.r.t. every weight; the rows
+    split over the mesh's devices as train.py splits a batch."""
     graphdef, params = nnx.split(model)
 
-    def loss_fn(params):
+    def loss_fn(params, ids, segment_ids):
         logits = nnx.merge(graphdef, params)(ids, segment_ids=segment_ids)
         targets = (segment_ids[:, 1:] == segment_ids[:, :-1]) & (segment_ids[:, 1:] != 0)
         ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], ids[:, 1:])
         return (ce * targets).sum() / targets.sum(), logits
 
-    (_, logits), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
+    step = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+    rows = NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+    with jax.set_mesh(mesh):
+        (_, logits), grads = step(params, jax.device_put(ids, rows), jax.device_put(segment_ids, rows))
     return np.asarray(logits, np.float64), [np.asarray(g, np.float64) for g in jax.tree.leaves(grads)]
 
 
@@ -83,25 +91,31 @@ def check_correctness(seq: int = 1024) -> list[dict]:
                "packed, no padding": equal_rows(4, seq, 4),
                "one segment per row": equal_rows(4, seq, 1)}
     f32 = LlamaConfig(**SMALL, dtype="float32", attention_impl="xla")
+    cudnn_config = f32.replace(dtype="bfloat16", attention_impl="cudnn")
+    variants = [("f32", f32, 1), ("xla-bf16", f32.replace(dtype="bfloat16"), 1), ("cudnn", cudnn_config, 1)]
+    if jax.device_count() >= 2:
+        variants.append(("cudnn-2dev", cudnn_config, 2))
     state = nnx.state(Llama(f32, nnx.Rngs(0)))
     rows = []
     for name, segment_ids in layouts.items():
         ids = jnp.asarray(rng.integers(0, SMALL["vocab_size"], segment_ids.shape), jnp.int32)
         seg = jnp.asarray(segment_ids)
         results = {}
-        for label, config in (("f32", f32), ("xla-bf16", f32.replace(dtype="bfloat16")),
-                              ("cudnn", f32.replace(dtype="bfloat16", attention_impl="cudnn"))):
+        for label, config, devices in variants:
             model = Llama(config, nnx.Rngs(1))
             nnx.update(model, state)
-            results[label] = loss_and_grads(model, ids, seg)
+            results[label] = loss_and_grads(model, ids, seg, make_mesh(fsdp=devices, devices=jax.devices()[:devices]))
         real = segment_ids != 0
-        cudnn = relative_errors(results["cudnn"], results["f32"], real)
         xla = relative_errors(results["xla-bf16"], results["f32"], real)
-        ok = all(c <= 2 * x + 1e-3 for c, x in zip(cudnn, xla))
-        fits = bool(packed_segments(seg).fits)
-        rows.append(dict(layout=name, max_segments_in_a_row=int(segment_ids.max()), packed_kernel=fits,
-                         cudnn_logit_error=cudnn[0], xla_bf16_logit_error=xla[0], cudnn_grad_error=cudnn[1],
-                         xla_bf16_grad_error=xla[1], status="ok" if ok else "MISMATCH"))
+        row = dict(layout=name, max_segments_in_a_row=int(segment_ids.max()),
+                   packed_kernel=bool(packed_segments(seg).fits), xla_bf16_logit_error=xla[0],
+                   xla_bf16_grad_error=xla[1], status="ok")
+        for label in [label for label, _, _ in variants if label.startswith("cudnn")]:
+            errors = relative_errors(results[label], results["f32"], real)
+            row.update({f"{label}_logit_error": errors[0], f"{label}_grad_error": errors[1]})
+            if not all(c <= 2 * x + 1e-3 for c, x in zip(errors, xla)):
+                row["status"] = f"{label} MISMATCH"
+        rows.append(row)
     return rows
 
 
@@ -143,9 +157,11 @@ def main() -> None:
     args = parser.parse_args()
     correctness = check_correctness()
     print(format_table(correctness, [(k, k, f) for k, f in (
-        ("layout", ""), ("packed_kernel", ""), ("cudnn_logit_error", ".2e"), ("xla_bf16_logit_error", ".2e"),
-        ("cudnn_grad_error", ".2e"), ("xla_bf16_grad_error", ".2e"), ("status", ""))]))
-    speed = time_attention()
+        ("layout", ""), ("packed_kernel", ""), ("xla_bf16_logit_error", ".2e"), ("cudnn_logit_error", ".2e"),
+        ("cudnn-2dev_logit_error", ".2e"), ("xla_bf16_grad_error", ".2e"), ("cudnn_grad_error", ".2e"),
+        ("cudnn-2dev_grad_error", ".2e"), ("status", ""))]))
+    with jax.set_mesh(make_mesh(devices=jax.devices()[:1])):  # one device, as on one GPU
+        speed = time_attention()
     print(format_table(speed, [("segments_per_row", "segments", "d"), ("variant", "variant", ""),
                                ("ms", "fwd+bwd ms", ".2f"), ("tflops", "TFLOP/s", ".0f")]))
     write_json(args.out, dict(environment(jax.devices()[0].device_kind), correctness=correctness, speed=speed))

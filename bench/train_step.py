@@ -150,6 +150,7 @@ def scaling_specs(args, methods: list[str]) -> list[dict]:
 def common_fields(args) -> dict:
     """RunSpec fields that every configuration of this invocation shares."""
     return dict(steps=args.steps, warmup=args.warmup, remat=args.remat, attention=args.attention,
+                scan_layers=not args.unrolled,
                 adapter_dtype=args.adapter_dtype, learning_rate=args.lr, segments=args.segments,
                 peak_tflops=args.peak_tflops, max_rank=16 if args.tiny else None)
 
@@ -180,6 +181,8 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, help="untimed steps before timing (default 2; --quick, --tiny 1)")
     parser.add_argument("--remat", default="full", help="model.remat policy (none, full, dots_saveable, ...)")
     parser.add_argument("--attention", default="cudnn", help="model.attention_impl: cudnn or xla")
+    parser.add_argument("--unrolled", action="store_true",
+                        help="model.scan_layers=False: one compiled block per layer instead of a scan")
     parser.add_argument("--adapter-dtype", default="float32", help="adapter parameter dtype (AdapterConfig.dtype)")
     parser.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (cosine schedule, as configs)")
     parser.add_argument("--segments", type=int, default=1, help="packed sequences per row")

@@ -164,12 +164,14 @@ def test_bad_configs_fail_before_loading(data_dir, tmp_path, overrides, message)
         check_config(tiny(lora_llama, data_dir, tmp_path, **overrides))
 
 
-def test_cudnn_attention_on_several_devices_fails_before_loading(data_dir, tmp_path):
-    config = tiny(lora_llama, data_dir, tmp_path, **{"model.attention_impl": "cudnn", "train.steps": 1})
-    assert jax.device_count() > 1  # conftest's fake CPU devices; the mesh takes them all
-    with pytest.raises(ValueError, match="attention_impl='xla'"):
-        train.run(config)
-    assert not os.path.exists(os.path.join(config.workdir, "config.json"))
+def test_training_is_traced_under_the_run_mesh(data_dir, tmp_path, monkeypatch):
+    """Per-device kernels (cuDNN packed attention via `per_shard`) find the mesh only if `run` sets it."""
+    seen = []
+    monkeypatch.setattr(train, "train_and_evaluate", lambda config, path, mesh: seen.append(
+        (dict(jax.sharding.get_abstract_mesh().shape), dict(mesh.shape))))
+    train.run(tiny(lora_llama, data_dir, tmp_path, **{"mesh.data": 2, "mesh.fsdp": -1}))
+    assert seen == [({"data": 2, "fsdp": 4, "tensor": 1}, {"data": 2, "fsdp": 4, "tensor": 1})]
+    assert jax.sharding.get_abstract_mesh().empty  # and unsets it afterwards
 
 
 def test_existing_run_is_not_overwritten_without_resume(data_dir, tmp_path):

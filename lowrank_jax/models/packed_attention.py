@@ -11,16 +11,23 @@ A segment here is a run of equal non-zero `segment_ids` (0 = padding), as `lowra
 `jax.nn.dot_product_attention` takes no offsets, so this calls JAX's own cuDNN entry point
 (`jax._src.cudnn.fused_attention_stablehlo`, internal: imported only when the kernel is traced, so a JAX that moves
 it breaks this path alone). `bench/attention_check.py` checks it against XLA on a GPU.
+
+On a mesh of several devices the call runs per device (`lowrank_jax.sharding.per_shard`, over the batch rows and,
+with tensor parallelism, the heads): left to XLA's partitioner, JAX's cuDNN call combined one device's rows with
+another's segment offsets and gave a wrong loss (docs/benchmarks.md). That needs the mesh at trace time:
+`jax.set_mesh(mesh)`, which train.py and bench/ set.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from lowrank_jax.models.masks import padding_and_segment_mask
+from lowrank_jax.sharding import per_shard
 
 MAX_PACKED_SEGMENTS = 16
 
@@ -83,19 +90,27 @@ def packed_causal_attention(query: jax.Array, key: jax.Array, value: jax.Array,
     """
     scale = query.shape[-1] ** -0.5
 
-    def packed(q, k, v):
-        from jax._src.cudnn.fused_attention_stablehlo import MaskType
-        from jax._src.cudnn.fused_attention_stablehlo import dot_product_attention as cudnn_attention
-        return cudnn_attention(q, k, v, q_seqlen=segments.lengths, kv_seqlen=segments.lengths,
-                               q_offsets=segments.offsets, kv_offsets=segments.offsets, scale=scale,
-                               mask_type=MaskType.PADDING_CAUSAL)
+    def attend(q, k, v, segment_ids, lengths, offsets, fits):
+        def packed(q, k, v):
+            from jax._src.cudnn.fused_attention_stablehlo import MaskType
+            from jax._src.cudnn.fused_attention_stablehlo import dot_product_attention as cudnn_attention
+            return cudnn_attention(q, k, v, q_seqlen=lengths, kv_seqlen=lengths, q_offsets=offsets,
+                                   kv_offsets=offsets, scale=scale, mask_type=MaskType.PADDING_CAUSAL)
 
-    def dense_mask(q, k, v):
-        mask = padding_and_segment_mask(None, segments.segment_ids)
-        return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True, implementation="cudnn")
+        def dense_mask(q, k, v):
+            mask = padding_and_segment_mask(None, segment_ids)
+            return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True, implementation="cudnn")
 
-    # cuDNN leaves the outputs of padding tokens, and their query/key/value gradients, unwritten: zero both ways.
-    real = (segments.segment_ids != 0)[:, :, None, None]
-    query, key, value = (jnp.where(real, x, jnp.zeros((), x.dtype)) for x in (query, key, value))
-    out = jax.lax.cond(segments.fits, packed, dense_mask, query, key, value)
-    return jnp.where(real, out, jnp.zeros((), out.dtype))
+        # cuDNN leaves the outputs of padding tokens, and their query/key/value gradients, unwritten: zero both ways.
+        real = (segment_ids != 0)[:, :, None, None]
+        q, k, v = (jnp.where(real, x, jnp.zeros((), x.dtype)) for x in (q, k, v))
+        out = jax.lax.cond(fits, packed, dense_mask, q, k, v)
+        return jnp.where(real, out, jnp.zeros((), out.dtype))
+
+    if jax.sharding.get_abstract_mesh().empty and jax.device_count() > 1:
+        warnings.warn(f"cuDNN packed attention traced without a mesh while there are {jax.device_count()} devices: "
+                      "if the batch is split over devices the result is wrong (JAX's partitioning of the cuDNN "
+                      "call mixes up rows). Trace under `jax.set_mesh(mesh)`, as train.py does.", stacklevel=2)
+    heads, rows = ("batch", None, "heads", None), ("batch", None)
+    return per_shard(attend, [query, key, value, segments.segment_ids, segments.lengths, segments.offsets, segments.fits],
+                     [heads, heads, heads, rows, rows, rows, ()], heads)
