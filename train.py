@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from absl import app
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
 from tqdm import tqdm
 
@@ -77,12 +77,6 @@ def run(config) -> RunResult:
         raise ValueError(f"config: data.batch_size / data.grad_accum = {micro_batch} rows must split evenly over "
                          f"data*fsdp = {batch_devices} devices and {jax.process_count()} processes; change "
                          "data.batch_size, data.grad_accum or mesh")
-    with jax.set_mesh(mesh):  # per-device kernels (cuDNN packed attention) read the mesh when traced
-        return train_and_evaluate(config, model_path, mesh)
-
-
-def train_and_evaluate(config, model_path: str, mesh: Mesh) -> RunResult:
-    """`run` after its checks, with `mesh` set."""
     is_main = jax.process_index() == 0
     log = MetricsLog(config.workdir)
     if is_main:
@@ -98,7 +92,12 @@ def train_and_evaluate(config, model_path: str, mesh: Mesh) -> RunResult:
     total_steps = config.train.steps or batches.steps_per_epoch() * config.data.epochs
     total_steps = int(math.ceil(total_steps))
     report = {"method": config.adapter.method, "optimizer": config.optimizer.name, "steps": total_steps}
-    report["val_loss_before"] = mean_token_loss(model, batches.validation())[0]
+
+    def validation_loss(model) -> float:
+        with jax.set_mesh(mesh):  # per-device kernels (cuDNN packed attention) read the mesh when traced
+            return mean_token_loss(model, batches.validation())[0]
+
+    report["val_loss_before"] = validation_loss(model)
     if config.eval.before_and_after:
         report["before"] = evaluate(model, tokenizer, splits.test, config.eval, config.data.template,
                                     os.path.join(config.workdir, "predictions_before.jsonl"))
@@ -153,7 +152,8 @@ def train_and_evaluate(config, model_path: str, mesh: Mesh) -> RunResult:
     for step in range(start, stop):
         local = next(batches.train)
         batch = global_batch(local, batch_sharding, config.data.grad_accum)
-        trainable, opt_state, rngs, metrics = step_fn(trainable, opt_state, rngs, frozen, batch)
+        with jax.set_mesh(mesh):         # as for `validation_loss`
+            trainable, opt_state, rngs, metrics = step_fn(trainable, opt_state, rngs, frozen, batch)
         if pending is not None:          # read the previous step's loss while this one runs
             record(*pending)
         pending = (step + 1, metrics)
@@ -164,7 +164,7 @@ def train_and_evaluate(config, model_path: str, mesh: Mesh) -> RunResult:
             ckpt.save(step + 1, {"trainable": trainable, "opt_state": opt_state, "rngs": rngs},
                       {"data": batches.train.state()})
         if config.train.eval_every and (step + 1) % config.train.eval_every == 0 and step + 1 < total_steps:
-            val_loss = mean_token_loss(nnx.merge(graphdef, trainable, rngs, frozen), batches.validation())[0]
+            val_loss = validation_loss(nnx.merge(graphdef, trainable, rngs, frozen))
             log.write(step + 1, {"val/loss": val_loss})   # the last step's is measured below, with the report
     bar.close()
     ckpt.wait()
@@ -176,7 +176,7 @@ def train_and_evaluate(config, model_path: str, mesh: Mesh) -> RunResult:
 
     # eval and export
     model = nnx.merge(graphdef, trainable, rngs, frozen)
-    report["val_loss"] = mean_token_loss(model, batches.validation())[0]
+    report["val_loss"] = validation_loss(model)
     log.write(total_steps, {"val/loss": report["val_loss"]})
     if config.eval.before_and_after or config.eval.after:
         report["after"] = evaluate(model, tokenizer, splits.test, config.eval, config.data.template,

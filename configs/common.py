@@ -119,9 +119,10 @@ def get_config(preset=None, *, method="nlora", rank=16, alpha=16.0, optimizer="a
                       max_length=512, batch_size=32, epochs=2.0, val_examples=300)
         c.eval.update(num_examples=1319, batch_size=256, max_new_tokens=320)
     elif preset == "llama2_7b":
-        # dots_with_no_batch_dims_saveable: 40.6% MFU vs 35.8% with full remat on an H100 at 4 x 2048 tokens and
-        # 54 GiB; 8 x 2048 tokens needs 83 GiB, so the 32 x 512 batch runs as 2 micro-batches (docs/benchmarks.md)
-        c.model.update(path="meta-llama/Llama-2-7b-hf", remat="dots_with_no_batch_dims_saveable")
+        # dots_with_no_batch_dims_saveable: 42.1% MFU vs 36.2% with full remat on an H100 at 4 x 2048 tokens and
+        # 55 GiB; 8 x 2048 tokens needs 83 GiB, so the 32 x 512 batch runs as 2 micro-batches. Unrolled layers
+        # (scan_layers=False): 45.2% instead of 42.1%, for 86 s of compilation instead of 14 (docs/benchmarks.md).
+        c.model.update(path="meta-llama/Llama-2-7b-hf", remat="dots_with_no_batch_dims_saveable", scan_layers=False)
         c.data.update(source="meta-math/MetaMathQA", max_train_examples=100_000, max_length=512,
                       batch_size=32, grad_accum=2, val_examples=0)
         c.data.test = "openai/gsm8k"

@@ -22,6 +22,7 @@ import argparse
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -85,6 +86,9 @@ def run_one(args) -> None:
     """Trains (and evaluates) one run in this process and writes its JSON."""
     workdir = os.path.join(args.workdir, os.path.basename(args.result)[:-len(".json")])
     config = configure(args.name, args, args.seed, args.lr, args.eval_examples, workdir)
+    # No JSON yet, so the run starts over: a workdir left by an interrupted attempt (perhaps at another lr) would
+    # otherwise stop train.run, which never overwrites checkpoints it was not asked to resume.
+    shutil.rmtree(workdir, ignore_errors=True)
     start = time.perf_counter()
     result = train.run(config)
     record = {"name": args.name, "seed": args.seed, "lr": args.lr, "rank": config.adapter.rank,

@@ -66,3 +66,22 @@ def test_final_refuses_results_of_another_lr(tmp_path):
     with pytest.raises(SystemExit, match="another lr"):
         comparison.run_all(plan_args(tmp_path, "final", methods="lora-r8", seeds="0", jobs=1))
     assert json.loads(stale.read_text())["lr"] == 5e-4  # left as it was
+
+
+def test_a_rerun_starts_over_instead_of_meeting_an_interrupted_runs_checkpoints(tmp_path, monkeypatch):
+    result = tmp_path / "final" / "full_s2.json"
+    leftover = tmp_path / "runs" / "full_s2" / "checkpoints" / "150"
+    os.makedirs(leftover)  # an attempt killed after its last checkpoint, before writing its JSON
+
+    class Stop(Exception):
+        pass
+
+    def fake_run(config):
+        assert config.workdir == str(tmp_path / "runs" / "full_s2") and not os.path.exists(config.workdir)
+        raise Stop
+
+    monkeypatch.setattr(comparison.train, "run", fake_run)
+    args = argparse.Namespace(name="full", seed=2, lr=1e-3, eval_examples=0, result=str(result), model="m.gguf",
+                              gsm8k="gsm8k", steps=150, jobs=1, workdir=str(tmp_path / "runs"))
+    with pytest.raises(Stop):
+        comparison.run_one(args)

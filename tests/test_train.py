@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+import safetensors.numpy
 
 import train
 from configs import (common, full_llama, inttune_llama, lora_llama, lorapro_llama, nlora_llama, nystrom_llama,
@@ -18,6 +19,7 @@ from lowrank_jax.data import build_batches, load_splits
 from lowrank_jax.evaluation.token_loss_eval import mean_token_loss
 from lowrank_jax.training.checkpoint import Checkpointer
 from lowrank_jax.training.config_check import check_config
+from lowrank_jax.training.placement import jit_train_step
 from lowrank_jax.training.restore import trained_model
 
 
@@ -150,6 +152,25 @@ def test_every_config_trains_a_few_steps(data_dir, tmp_path, module, optimizer):
     assert result.report["trainable_params"] == expected_trainable(config.adapter.method, config.adapter.rank)
 
 
+@pytest.mark.parametrize("module,optimizer", [(nystrom_llama, "adamw"), (lorapro_llama, "lorapro_adamw")])
+def test_unrolled_layers_train_like_scanned_ones(data_dir, tmp_path, module, optimizer):
+    """model.scan_layers=False (the llama2_7b preset's, for speed): same inits, losses and adapters as the scan."""
+    runs = {}
+    for scan in (True, False):
+        workdir = tmp_path / f"scan_{scan}"
+        config = tiny(module, data_dir, workdir, **{"train.steps": 2, "optimizer.name": optimizer,
+                                                    "model.scan_layers": scan, "train.export_peft": True})
+        runs[scan] = train.run(config)
+        assert runs[scan].report["trainable_params"] == expected_trainable(config.adapter.method, config.adapter.rank)
+    np.testing.assert_allclose(logged_losses(tmp_path / "scan_False"), logged_losses(tmp_path / "scan_True"),
+                               rtol=1e-5)
+    exported = [safetensors.numpy.load_file(tmp_path / f"scan_{scan}" / "peft" / "adapter_model.safetensors")
+                for scan in (True, False)]
+    assert exported[0].keys() == exported[1].keys()
+    for name, scanned in exported[0].items():  # float32 rounding apart (per-layer vs batched LoRA-Pro solves)
+        assert np.linalg.norm(exported[1][name] - scanned) <= 1e-4 * np.linalg.norm(scanned), name
+
+
 @pytest.mark.parametrize("overrides,message", [
     ({"adapter.method": "inttune", "adapter.init_base": "lora"}, "init_base"),
     ({"adapter.method": "full", "optimizer.name": "lorapro"}, "adapter.method='full'"),
@@ -164,14 +185,23 @@ def test_bad_configs_fail_before_loading(data_dir, tmp_path, overrides, message)
         check_config(tiny(lora_llama, data_dir, tmp_path, **overrides))
 
 
-def test_training_is_traced_under_the_run_mesh(data_dir, tmp_path, monkeypatch):
-    """Per-device kernels (cuDNN packed attention via `per_shard`) find the mesh only if `run` sets it."""
+def test_training_and_validation_are_traced_under_the_run_mesh(data_dir, tmp_path, monkeypatch):
+    """Per-device kernels (cuDNN packed attention via `per_shard`) find the mesh only if `run` sets it where the
+    step and the validation loss run (and nowhere else: flax's eval_shape would read logical names as mesh axes)."""
     seen = []
-    monkeypatch.setattr(train, "train_and_evaluate", lambda config, path, mesh: seen.append(
-        (dict(jax.sharding.get_abstract_mesh().shape), dict(mesh.shape))))
-    train.run(tiny(lora_llama, data_dir, tmp_path, **{"mesh.data": 2, "mesh.fsdp": -1}))
-    assert seen == [({"data": 2, "fsdp": 4, "tensor": 1}, {"data": 2, "fsdp": 4, "tensor": 1})]
-    assert jax.sharding.get_abstract_mesh().empty  # and unsets it afterwards
+
+    def recording(label, fn):
+        def wrapped(*args, **kwargs):
+            seen.append((label, dict(jax.sharding.get_abstract_mesh().shape)))
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(train, "mean_token_loss", recording("validation", train.mean_token_loss))
+    monkeypatch.setattr(train, "jit_train_step", lambda *a: recording("step", jit_train_step(*a)))
+    train.run(tiny(lora_llama, data_dir, tmp_path, **{"mesh.data": 2, "mesh.fsdp": -1, "train.steps": 2}))
+    mesh = {"data": 2, "fsdp": 4, "tensor": 1}
+    assert seen == [("validation", mesh), ("step", mesh), ("step", mesh), ("validation", mesh)]
+    assert jax.sharding.get_abstract_mesh().empty  # and unset afterwards
 
 
 def test_existing_run_is_not_overwritten_without_resume(data_dir, tmp_path):
