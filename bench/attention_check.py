@@ -26,7 +26,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from bench.common import attention_forward_flops, environment, format_table, write_json
@@ -119,7 +118,8 @@ def check_correctness(seq: int = 1024) -> list[dict]:
     return rows
 
 
-def time_attention(batch: int = 4, seq: int = 2048, heads: int = 32, head_dim: int = 128, steps: int = 20) -> list[dict]:
+def time_attention(batch: int = 4, seq: int = 2048, heads: int = 32, head_dim: int = 128,
+                   steps: int = 20) -> list[dict]:
     keys = jax.random.split(jax.random.key(0), 3)
     q, k, v = (jax.random.normal(key, (batch, seq, heads, head_dim), jnp.bfloat16) for key in keys)
     rows = []

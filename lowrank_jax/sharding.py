@@ -57,7 +57,7 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[
     return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=axis_types, devices=devices)
 
 
-# Logical names of the dims of a function run per device by `per_shard`.
+# `per_shard`'s logical dim names -> the mesh axes they are split over.
 SHARD_RULES: Mapping[str, tuple[str, ...]] = {"batch": BATCH_AXES, "heads": ("tensor",)}
 
 
@@ -74,8 +74,9 @@ def per_shard(fn: Callable[..., jax.Array], args: Sequence[jax.Array], names: Se
     Example:
         >>> mesh = make_mesh(data=1, fsdp=-1, tensor=1)
         >>> rows = np.zeros((2 * mesh.size, 3), np.float32)
+        >>> add_rows_seen = lambda x: per_shard(lambda b: b + b.shape[0], [x], [("batch", None)], ("batch", None))
         >>> with jax.set_mesh(mesh):  # each device sees its own 2 rows
-        ...     jax.jit(lambda x: per_shard(lambda b: b + b.shape[0], [x], [("batch", None)], ("batch", None)))(rows)[0, 0]
+        ...     jax.jit(add_rows_seen)(rows)[0, 0]
         Array(2., dtype=float32)
     """
     mesh = jax.sharding.get_abstract_mesh()

@@ -112,5 +112,5 @@ def packed_causal_attention(query: jax.Array, key: jax.Array, value: jax.Array,
                       "if the batch is split over devices the result is wrong (JAX's partitioning of the cuDNN "
                       "call mixes up rows). Trace under `jax.set_mesh(mesh)`, as train.py does.", stacklevel=2)
     heads, rows = ("batch", None, "heads", None), ("batch", None)
-    return per_shard(attend, [query, key, value, segments.segment_ids, segments.lengths, segments.offsets, segments.fits],
-                     [heads, heads, heads, rows, rows, rows, ()], heads)
+    args = [query, key, value, segments.segment_ids, segments.lengths, segments.offsets, segments.fits]
+    return per_shard(attend, args, [heads, heads, heads, rows, rows, rows, ()], heads)
