@@ -13,13 +13,14 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 from absl import app
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import config_flags
 from tqdm import tqdm
 
@@ -65,6 +66,16 @@ class RunResult(NamedTuple):
     frozen: Any      # pure tree of everything else, as placed on the mesh
 
 
+def on_mesh(mesh: Mesh, fn: Callable) -> Callable:
+    """`fn`, called with `mesh` set, so that per-device kernels (cuDNN packed attention) find it when traced. Only
+    around what runs the model: under a mesh, flax's `nnx.eval_shape` (model loading) reads logical names as mesh
+    axes and fails."""
+    def call(*args, **kwargs):
+        with jax.set_mesh(mesh):
+            return fn(*args, **kwargs)
+    return call
+
+
 def run(config) -> RunResult:
     """Runs the whole job the config describes (the same code path as the command line)."""
     model_path = check_config(config)           # every value checked before anything heavy happens
@@ -94,13 +105,12 @@ def run(config) -> RunResult:
     report = {"method": config.adapter.method, "optimizer": config.optimizer.name, "steps": total_steps}
 
     def validation_loss(model) -> float:
-        with jax.set_mesh(mesh):  # per-device kernels (cuDNN packed attention) read the mesh when traced
-            return mean_token_loss(model, batches.validation())[0]
+        return on_mesh(mesh, mean_token_loss)(model, batches.validation())[0]
 
     report["val_loss_before"] = validation_loss(model)
     if config.eval.before_and_after:
-        report["before"] = evaluate(model, tokenizer, splits.test, config.eval, config.data.template,
-                                    os.path.join(config.workdir, "predictions_before.jsonl"))
+        report["before"] = on_mesh(mesh, evaluate)(model, tokenizer, splits.test, config.eval, config.data.template,
+                                                   os.path.join(config.workdir, "predictions_before.jsonl"))
 
     # adapters
     if config.adapter.method != "full":
@@ -113,7 +123,7 @@ def run(config) -> RunResult:
     # optimizer and step
     optimizer = build_optimizer(config.optimizer, total_steps, state.scales, frozen)
     opt_state = init_optimizer(optimizer, trainable, mesh)
-    step_fn = jit_train_step(state, optimizer, opt_state)
+    step_fn = on_mesh(mesh, jit_train_step(state, optimizer, opt_state))
     schedule = build_schedule(config.optimizer, total_steps)
     batch_sharding = NamedSharding(mesh, PartitionSpec(None, BATCH_AXES))
 
@@ -152,8 +162,7 @@ def run(config) -> RunResult:
     for step in range(start, stop):
         local = next(batches.train)
         batch = global_batch(local, batch_sharding, config.data.grad_accum)
-        with jax.set_mesh(mesh):         # as for `validation_loss`
-            trainable, opt_state, rngs, metrics = step_fn(trainable, opt_state, rngs, frozen, batch)
+        trainable, opt_state, rngs, metrics = step_fn(trainable, opt_state, rngs, frozen, batch)
         if pending is not None:          # read the previous step's loss while this one runs
             record(*pending)
         pending = (step + 1, metrics)
@@ -179,8 +188,8 @@ def run(config) -> RunResult:
     report["val_loss"] = validation_loss(model)
     log.write(total_steps, {"val/loss": report["val_loss"]})
     if config.eval.before_and_after or config.eval.after:
-        report["after"] = evaluate(model, tokenizer, splits.test, config.eval, config.data.template,
-                                   os.path.join(config.workdir, "predictions_after.jsonl"))
+        report["after"] = on_mesh(mesh, evaluate)(model, tokenizer, splits.test, config.eval, config.data.template,
+                                                  os.path.join(config.workdir, "predictions_after.jsonl"))
     if is_main and config.adapter.method != "full" and config.train.export_peft:
         export_peft(model, os.path.join(config.workdir, "peft"), base=model_path)
     if is_main and config.train.export_merged:

@@ -185,9 +185,9 @@ def test_bad_configs_fail_before_loading(data_dir, tmp_path, overrides, message)
         check_config(tiny(lora_llama, data_dir, tmp_path, **overrides))
 
 
-def test_training_and_validation_are_traced_under_the_run_mesh(data_dir, tmp_path, monkeypatch):
+def test_everything_that_runs_the_model_is_traced_under_the_run_mesh(data_dir, tmp_path, monkeypatch):
     """Per-device kernels (cuDNN packed attention via `per_shard`) find the mesh only if `run` sets it where the
-    step and the validation loss run (and nowhere else: flax's eval_shape would read logical names as mesh axes)."""
+    model runs: step, validation loss, evaluation (and not around loading: see `train.on_mesh`)."""
     seen = []
 
     def recording(label, fn):
@@ -198,9 +198,12 @@ def test_training_and_validation_are_traced_under_the_run_mesh(data_dir, tmp_pat
 
     monkeypatch.setattr(train, "mean_token_loss", recording("validation", train.mean_token_loss))
     monkeypatch.setattr(train, "jit_train_step", lambda *a: recording("step", jit_train_step(*a)))
-    train.run(tiny(lora_llama, data_dir, tmp_path, **{"mesh.data": 2, "mesh.fsdp": -1, "train.steps": 2}))
+    monkeypatch.setattr(train, "evaluate", recording("evaluate", train.evaluate))
+    train.run(tiny(lora_llama, data_dir, tmp_path, **{"mesh.data": 2, "mesh.fsdp": -1, "train.steps": 2,
+                                                      "eval.before_and_after": True}))
     mesh = {"data": 2, "fsdp": 4, "tensor": 1}
-    assert seen == [("validation", mesh), ("step", mesh), ("step", mesh), ("validation", mesh)]
+    assert seen == [("validation", mesh), ("evaluate", mesh), ("step", mesh), ("step", mesh), ("validation", mesh),
+                    ("evaluate", mesh)]
     assert jax.sharding.get_abstract_mesh().empty  # and unset afterwards
 
 
