@@ -15,11 +15,15 @@ import safetensors.numpy
 import train
 from configs import (common, full_llama, inttune_llama, lora_llama, lorapro_llama, nlora_llama, nystrom_llama,
                      pissa_llama, slora_llama)
+from lowrank_jax import adapt
 from lowrank_jax.data import build_batches, load_splits
 from lowrank_jax.evaluation.token_loss_eval import mean_token_loss
+from lowrank_jax.sharding import make_mesh
 from lowrank_jax.training.checkpoint import Checkpointer
-from lowrank_jax.training.config_check import check_config
-from lowrank_jax.training.placement import jit_train_step
+from lowrank_jax.training.config_check import adapter_config_from, check_config
+from lowrank_jax.training.model_source import load_model
+from lowrank_jax.training.optimizer import build_optimizer
+from lowrank_jax.training.placement import init_optimizer, jit_train_step, split_onto_mesh
 from lowrank_jax.training.restore import trained_model
 
 
@@ -150,6 +154,21 @@ def test_every_config_trains_a_few_steps(data_dir, tmp_path, module, optimizer):
     assert all(math.isfinite(x) for x in logged_losses(tmp_path))
     assert math.isfinite(result.report["val_loss"])
     assert result.report["trainable_params"] == expected_trainable(config.adapter.method, config.adapter.rank)
+
+
+def test_lorapro_adamw_moments_are_split_over_the_run_mesh(data_dir, tmp_path):
+    """LoRA-Pro AdamW's full-size moments, as train.py places them on an fsdp mesh of 8: each device holds 1/8."""
+    config = tiny(lorapro_llama, data_dir, tmp_path, **{"optimizer.name": "lorapro_adamw"})
+    model, _, _ = load_model(config.model, "random", config.seed)
+    mesh = make_mesh(fsdp=-1)
+    state = split_onto_mesh(adapt(model, adapter_config_from(config.adapter)), mesh, full=False)
+    optimizer = build_optimizer(config.optimizer, 4, state.scales, state.frozen)
+    opt_state = init_optimizer(optimizer, state.trainable, mesh)
+    moments = [x for path, x in jax.tree_util.tree_flatten_with_path(opt_state)[0]
+               if "delta_kernel" in jax.tree_util.keystr(path)]
+    assert len(moments) == 2 * 7  # mu and nu of the 7 stacked projections
+    for x in moments:
+        assert x.addressable_shards[0].data.size * 8 == x.size, (x.shape, x.sharding)
 
 
 @pytest.mark.parametrize("module,optimizer", [(nystrom_llama, "adamw"), (lorapro_llama, "lorapro_adamw")])
