@@ -184,6 +184,14 @@ def sharded_adapter(mesh):
     return params, grads
 
 
+def test_eager_init_gives_mu_and_nu_their_own_buffers():
+    """A train step donates the whole state: mu and nu sharing a buffer would be donated twice (XLA:CPU crashed)."""
+    params = {"q": {"lora_a": jnp.ones((2, 4, 2)), "lora_b": jnp.zeros((2, 2, 3))}, "norm": jnp.ones(4)}
+    state = lorapro_adamw(1e-3, scale=2.0).init(params)
+    pointers = [x.unsafe_buffer_pointer() for x in jax.tree.leaves((state.mu, state.nu))]
+    assert len(pointers) == 2 * 2 and len(set(pointers)) == len(pointers)
+
+
 def test_moments_are_sharded_like_the_kernel_on_8_devices():
     auto = jax.make_mesh((2, 2, 2), ("l", "x", "y"), axis_types=(AxisType.Auto,) * 3)
     params, grads = sharded_adapter(auto)

@@ -130,13 +130,14 @@ def lorapro_adamw(
         flat, _ = flatten(params)
         adapters = collect_adapters(flat, leaves_by_path(params), frozen_shapes)
         check_found(adapters, "lorapro_adamw")
-        moments = [
-            (path, kernel_moment_zeros(what.factors["lora_a"], what.factors["lora_b"], moment_dtype)
-             if isinstance(what, Adapter) else leaf_moment_zeros(flat[what][1], moment_dtype))
-            for path, what in _moment_paths(flat, adapters)
-        ]
-        zeros = nest(moments)
-        return LoraProAdamWState(count=jnp.zeros([], jnp.int32), mu=zeros, nu=jax.tree.map(lambda x: x, zeros))
+        def zeros():  # called once per moment: mu and nu must not share buffers (a train step donates both)
+            return nest([
+                (path, kernel_moment_zeros(what.factors["lora_a"], what.factors["lora_b"], moment_dtype)
+                 if isinstance(what, Adapter) else leaf_moment_zeros(flat[what][1], moment_dtype))
+                for path, what in _moment_paths(flat, adapters)
+            ])
+
+        return LoraProAdamWState(count=jnp.zeros([], jnp.int32), mu=zeros(), nu=zeros())
 
     def adam(mu, nu, grad, bias_1, bias_2):
         """New moments (in moment_dtype) and the bias-corrected Adam direction (float32 or wider)."""
