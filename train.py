@@ -102,7 +102,8 @@ def run(config) -> RunResult:
                             process_count=jax.process_count())
     total_steps = config.train.steps or batches.steps_per_epoch() * config.data.epochs
     total_steps = int(math.ceil(total_steps))
-    report = {"method": config.adapter.method, "optimizer": config.optimizer.name, "steps": total_steps}
+    report = {"method": config.adapter.method, "optimizer": config.optimizer.name, "steps": total_steps,
+              "attention_impl": model_config.attention_impl}
 
     def validation_loss(model) -> float:
         return on_mesh(mesh, mean_token_loss)(model, batches.validation())[0]

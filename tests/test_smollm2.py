@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import gguf
 import torch
 import transformers
 
@@ -81,6 +82,15 @@ def test_greedy_chat_completion_matches_transformers(ours, tokenizer, reference)
     assert ours_text == expected_text
     np.testing.assert_array_equal(new_tokens[0, :len(expected_new)], expected_new)
     assert "Paris" in ours_text  # the model answers, rather than both sides failing the same way
+
+
+def test_tokenizer_special_tokens_are_the_ones_the_gguf_names(tokenizer):
+    """transformers 5.17's GGUF converter made SmolLM2's eos <|im_start|> (id 1) and left pad unset."""
+    fields = gguf.GGUFReader(os.path.join(GGUF_DIR, GGUF_FILE)).fields
+    for role in ("bos", "eos", "pad"):
+        field = fields[f"tokenizer.ggml.{'padding' if role == 'pad' else role}_token_id"]
+        assert getattr(tokenizer, f"{role}_token_id") == int(field.parts[field.data[0]][0]), role
+    assert (tokenizer.bos_token, tokenizer.eos_token) == ("<|im_start|>", "<|im_end|>")
 
 
 def test_tokenizer_saved_as_hf_directory_loads_the_same(tokenizer, tmp_path):

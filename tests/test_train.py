@@ -198,6 +198,9 @@ def test_unrolled_layers_train_like_scanned_ones(data_dir, tmp_path, module, opt
     ({"optimizer.schedule": "step"}, "optimizer.schedule"),
     ({"data.batch_size": 6, "data.grad_accum": 4}, "grad_accum"),
     ({"model.path": "/no/such/model"}, "/no/such/model"),
+    ({"model.dtype": "float16"}, "model.dtype"),
+    ({"model.attention_impl": "flash"}, "model.attention_impl"),
+    ({"model.attention_impl": "cudnn", "model.dtype": "float32"}, "bfloat16"),
 ])
 def test_bad_configs_fail_before_loading(data_dir, tmp_path, overrides, message):
     with pytest.raises(ValueError if "path" not in str(overrides) else FileNotFoundError, match=message):

