@@ -2,6 +2,8 @@
 orientation (W = W0 + s·B A), plus precision, sharding of the full-size moments on 8 devices, nnx, convergence.
 """
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +16,7 @@ from test_lorapro_transform import TinyAdapted, low_rank_regression, regression_
 
 from lowrank_jax.adapters import AdapterScale, FrozenFactor
 from lowrank_jax.optim import LoraProAdamWState, lorapro_adamw
+from lowrank_jax.optim.moments import anchored_zeros
 
 B1, B2, EPS, WD = 0.9, 0.99, 1e-8, 0.05
 DELTA = 1e-14  # small enough that δ-regularised and exact pseudo-inverses agree to ~1e-10
@@ -190,6 +193,18 @@ def test_eager_init_gives_mu_and_nu_their_own_buffers():
     state = lorapro_adamw(1e-3, scale=2.0).init(params)
     pointers = [x.unsafe_buffer_pointer() for x in jax.tree.leaves((state.mu, state.nu))]
     assert len(pointers) == 2 * 2 and len(set(pointers)) == len(pointers)
+
+
+def test_anchored_zeros_are_exact_zeros_that_stay_tied_to_their_operand_after_xla():
+    """Under jit the moments inherit the parameters' sharding only if the compiled zeros still read the parameters:
+    a select with a constant-False predicate was folded to a constant on GPUs (moments whole on each device)."""
+    x = jnp.asarray([[1.5, -2.0, np.nan, np.inf], [-np.inf, 0.0, -0.0, 3e38]], jnp.bfloat16)
+    for zeros in (anchored_zeros(x, jnp.float32), jax.jit(anchored_zeros, static_argnums=1)(x, jnp.float32)):
+        assert zeros.dtype == jnp.float32 and (np.asarray(zeros) == 0).all() and not np.signbit(zeros).any()
+    hlo = jax.jit(anchored_zeros, static_argnums=1).lower(x, jnp.float32).compile().as_text()
+    entry = hlo[hlo.index("ENTRY"):].splitlines()
+    param = next(re.search(r"(%\S+) = \S+ parameter\(0\)", line).group(1) for line in entry if "parameter(0)" in line)
+    assert any(param in line for line in entry if "parameter(0)" not in line), "x is unused after compilation"
 
 
 def test_moments_are_sharded_like_the_kernel_on_8_devices():

@@ -47,8 +47,8 @@ def init_optimizer(optimizer: optax.GradientTransformation, trainable: Any, mesh
     counts, are replicated over the mesh.
 
     `init` runs eagerly on the placed parameters, so each moment is created with the sharding its parameters dictate
-    (LoRA-Pro AdamW's full-size moments: from lora_a's and lora_b's) instead of one left to XLA's propagation: with
-    `jax.jit(init)`, a 7B run on a 2-GPU FSDP mesh (jax 0.11.2) held those moments whole on each device.
+    (LoRA-Pro AdamW's full-size moments: from lora_a's and lora_b's) instead of one left to XLA's propagation (which
+    once left those moments whole on each GPU of a 2-GPU FSDP mesh; see `optim/moments.py::anchored_zeros`).
     """
     opt_state = optimizer.init(trainable)
     replicated = NamedSharding(mesh, PartitionSpec())
