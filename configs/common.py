@@ -44,7 +44,7 @@ def get_config(preset=None, *, method="nlora", rank=16, alpha=16.0, optimizer="a
         param_dtype="bfloat16",   # frozen base weights
         scan_layers=True,
         remat="full",
-        attention_impl="auto",    # 'auto': cuDNN flash attention on NVIDIA GPUs (sm80+, bf16), else XLA | 'cudnn' | 'xla'
+        attention_impl="auto",    # cuDNN flash attention on NVIDIA GPUs (sm80+, bf16), else XLA | cudnn | xla
     ))
     c.adapter = ml_collections.ConfigDict(dict(
         method=method,            # 'full' trains every weight without adapters

@@ -5,11 +5,11 @@ against transformers' own GGUF loader and PyTorch model: config, logits on a rea
 import importlib.util
 import os
 
+import gguf
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import gguf
 import torch
 import transformers
 

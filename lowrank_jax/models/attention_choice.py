@@ -3,10 +3,13 @@
 cuDNN's kernel (`jax.nn.dot_product_attention(implementation='cudnn')`, and its packed-rows form in
 `packed_attention.py`) needs an NVIDIA GPU of compute capability 8.0 or newer (Ampere, Hopper, Blackwell) and bfloat16
 compute; on one H200 it made the 1B LoRA step 2.2× faster than XLA's attention (62,487 vs 28,918 tokens/s,
-docs/benchmarks.md). XLA's kernel runs on every device and dtype. The choice reads the devices, so call it after `jax.distributed.initialize`.
+docs/benchmarks.md). XLA's kernel runs on every device and dtype. The choice reads the devices, so call it after
+`jax.distributed.initialize`.
 """
 
 from __future__ import annotations
+
+import jax
 
 from lowrank_jax.models.config import ATTENTION_IMPLS
 
@@ -40,7 +43,6 @@ def choose_attention_impl(requested: str, dtype: str, device=None) -> str:
         ValueError: for an unknown name, or 'cudnn' where cuDNN's kernel cannot run (the message names the fix).
 
     Example:
-        >>> import jax
         >>> cpu = jax.devices("cpu")[0]
         >>> choose_attention_impl("auto", "bfloat16", cpu), choose_attention_impl("xla", "bfloat16", cpu)
         ('xla', 'xla')
@@ -50,7 +52,6 @@ def choose_attention_impl(requested: str, dtype: str, device=None) -> str:
     if requested == "xla":
         return requested
     if device is None:
-        import jax
         device = jax.devices()[0]
     capability = cuda_compute_capability(device)
     on_cudnn_gpu = capability is not None and capability >= CUDNN_MIN_COMPUTE_CAPABILITY
