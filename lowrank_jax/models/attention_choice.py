@@ -28,6 +28,16 @@ def cuda_compute_capability(device) -> tuple[int, int] | None:
         return None
 
 
+def check_attention_impl(requested: str, dtype: str) -> None:
+    """Refuses an unknown name, and 'cudnn' with a compute dtype its kernel lacks; reads no device, so config checks
+    call it before `jax.distributed.initialize`."""
+    if requested not in (AUTO, *ATTENTION_IMPLS):
+        raise ValueError(f"attention_impl={requested!r} is unknown; use one of {(AUTO, *ATTENTION_IMPLS)}")
+    if requested == "cudnn" and dtype != "bfloat16":
+        raise ValueError(f"attention_impl='cudnn' needs dtype='bfloat16' (cuDNN flash attention has no {dtype} "
+                         "kernel); use attention_impl='auto' or 'xla' for it")
+
+
 def choose_attention_impl(requested: str, dtype: str, device=None) -> str:
     """The attention implementation ('xla' | 'cudnn') that `requested` means on `device` for compute `dtype`.
 
@@ -47,8 +57,7 @@ def choose_attention_impl(requested: str, dtype: str, device=None) -> str:
         >>> choose_attention_impl("auto", "bfloat16", cpu), choose_attention_impl("xla", "bfloat16", cpu)
         ('xla', 'xla')
     """
-    if requested not in (AUTO, *ATTENTION_IMPLS):
-        raise ValueError(f"attention_impl={requested!r} is unknown; use one of {(AUTO, *ATTENTION_IMPLS)}")
+    check_attention_impl(requested, dtype)
     if requested == "xla":
         return requested
     if device is None:
@@ -61,7 +70,4 @@ def choose_attention_impl(requested: str, dtype: str, device=None) -> str:
         found = f"an NVIDIA GPU of compute capability {capability}" if capability else f"a {device.platform} device"
         raise ValueError(f"attention_impl='cudnn' needs an NVIDIA GPU of compute capability >= 8.0, but the run is on "
                          f"{found}; use attention_impl='auto' (picks cuDNN where it runs) or 'xla'")
-    if dtype != "bfloat16":
-        raise ValueError(f"attention_impl='cudnn' needs dtype='bfloat16' (cuDNN flash attention has no {dtype} "
-                         "kernel); use attention_impl='auto' or 'xla' for it")
     return requested

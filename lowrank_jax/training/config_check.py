@@ -14,8 +14,8 @@ import orbax.checkpoint as ocp
 
 from lowrank_jax.adapters import AdapterConfig
 from lowrank_jax.data import check_data_config
-from lowrank_jax.models.attention_choice import AUTO
-from lowrank_jax.models.config import ATTENTION_IMPLS, DTYPES as MODEL_DTYPES
+from lowrank_jax.models.attention_choice import check_attention_impl
+from lowrank_jax.models.config import DTYPES as MODEL_DTYPES
 from lowrank_jax.training.model_source import resolve_model_path
 from lowrank_jax.training.optimizer import LORAPRO_OPTIMIZERS, OPTIMIZERS, SCHEDULES
 
@@ -37,11 +37,10 @@ def check_config(config: ml_collections.ConfigDict) -> str:
     m, o, d, t, e = config.model, config.optimizer, config.data, config.train, config.eval
     _require(m.dtype in MODEL_DTYPES and m.param_dtype in MODEL_DTYPES,
              f"model.dtype={m.dtype!r} / model.param_dtype={m.param_dtype!r}: use one of {MODEL_DTYPES}")
-    _require(m.attention_impl in (AUTO, *ATTENTION_IMPLS),
-             f"model.attention_impl={m.attention_impl!r} is unknown; use 'auto' (cuDNN on NVIDIA GPUs where it runs, "
-             "else XLA), 'cudnn' or 'xla'")
-    _require(m.attention_impl != "cudnn" or m.dtype == "bfloat16",
-             f"model.attention_impl='cudnn' needs model.dtype='bfloat16' (got {m.dtype!r}); use 'auto' or 'xla'")
+    try:
+        check_attention_impl(m.attention_impl, m.dtype)
+    except ValueError as err:
+        raise ValueError(f"config: model.{err}") from None
     full = config.adapter.method == "full"
     if not full:
         adapter_config_from(config.adapter)
