@@ -4,7 +4,8 @@ The public entry points: `adapt` / `merge` / `export_peft` (adapters as module t
 `lorapro` / `lorapro_adamw` (LoRA-Pro as optax transforms). Models live in `lowrank_jax.models`.
 """
 
-from lowrank_jax.adapters import AdapterConfig, adapt, export_peft, merge
+from lowrank_jax.adapters import AdapterConfig, adapt, merge
+from lowrank_jax.export import export_peft
 from lowrank_jax.optim import lorapro, lorapro_adamw
 
 __all__ = ["AdapterConfig", "adapt", "export_peft", "lorapro", "lorapro_adamw", "merge"]

@@ -12,7 +12,8 @@ import torch
 import transformers
 from flax import nnx
 
-from lowrank_jax.adapters import AdaptedLinear, adapt, export_peft, merge
+from lowrank_jax.adapters import AdaptedLinear, adapt, merge
+from lowrank_jax.export import export_peft
 from lowrank_jax.models.pretrained import load_pretrained, save_pretrained
 
 TOL = 1e-4

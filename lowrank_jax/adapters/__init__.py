@@ -1,4 +1,4 @@
-"""Low-rank adapters as Flax NNX module transforms: `adapt`, `merge`, `export_peft` and their variable types.
+"""Low-rank adapters as Flax NNX module transforms: `adapt`, `merge` and their variable types.
 
 Methods (LoRA, SLoRA, NLoRA, Nyström, PiSSA, MiLoRA, OLoRA, IntTune) are registered init functions in `inits/`.
 """
@@ -7,7 +7,6 @@ from lowrank_jax.adapters.config import AdapterConfig, as_adapter_config
 from lowrank_jax.adapters.inits import InitFactors, register_init
 from lowrank_jax.adapters.layer import AdaptedLinear
 from lowrank_jax.adapters.merge import merge
-from lowrank_jax.adapters.peft_export import export_peft
 from lowrank_jax.adapters.transform import adapt
 from lowrank_jax.adapters.variables import AdapterScale, FrozenFactor, InitialFactor
 
@@ -20,7 +19,6 @@ __all__ = [
     "InitialFactor",
     "adapt",
     "as_adapter_config",
-    "export_peft",
     "merge",
     "register_init",
 ]
