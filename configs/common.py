@@ -39,6 +39,7 @@ def get_config(preset, *, method, settings, optimizer="adamw", trainable="adapte
 
     c.model = ml_collections.ConfigDict(dict(
         path="embedded",          # 'embedded' | HF dir | .gguf file | hub id | 'random'
+        hf_name="",               # HF id exported adapters name as their base ('' = path's own)
         random=ml_collections.ConfigDict(TINY_MODEL),  # the architecture when path == 'random'
         dtype="bfloat16",         # compute dtype
         param_dtype="bfloat16",   # frozen base weights

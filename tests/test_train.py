@@ -18,6 +18,7 @@ from configs import (common, full_llama, inttune_llama, lora_llama, lorapro_llam
                      pissa_llama, slora_llama)
 from lowrank_jax.data import build_batches, load_splits
 from lowrank_jax.evaluation.token_loss_eval import mean_token_loss
+from lowrank_jax.models import load_pretrained, load_tokenizer
 from lowrank_jax.sharding import make_mesh
 from lowrank_jax.training.checkpoint import Checkpointer
 from lowrank_jax.training.config_check import adapter_config_from, check_config
@@ -79,7 +80,7 @@ def validation_loss_of_checkpoint(config):
 def test_resume_after_stop_equals_uninterrupted_run_then_eval_and_export(data_dir, tmp_path):
     whole = loop.run(tiny(lora_llama, data_dir, tmp_path / "whole", **{
         "train.steps": 4, "train.checkpoint_every": 2, "train.eval_every": 2, "eval.after": True,
-        "train.export_peft": True}))
+        "train.export_peft": True, "train.export_merged": True}))
     first_config = tiny(lora_llama, data_dir, tmp_path / "split", **{
         "train.steps": 4, "train.checkpoint_every": 2, "train.stop_after": 2})
     first = loop.run(first_config)
@@ -103,6 +104,11 @@ def test_resume_after_stop_equals_uninterrupted_run_then_eval_and_export(data_di
     with open(tmp_path / "whole" / "predictions_after.jsonl") as f:
         assert len(f.readlines()) == 4
     assert os.path.exists(tmp_path / "whole" / "peft" / "adapter_model.safetensors")
+    merged_dir = str(tmp_path / "whole" / "merged")  # a model of its own: weights, config and tokenizer
+    merged, _ = load_pretrained(merged_dir, dtype="float32", param_dtype="float32")
+    batches = build_batches(load_splits(first_config.data), load_tokenizer(merged_dir), first_config.data,
+                            process_index=0, process_count=1)
+    np.testing.assert_allclose(mean_token_loss(merged, batches.validation())[0], whole.report["val_loss"], rtol=1e-5)
 
 
 @pytest.mark.parametrize("mesh", [dict(data=2, fsdp=4, tensor=1), dict(data=2, fsdp=2, tensor=2)])

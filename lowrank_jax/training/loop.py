@@ -24,13 +24,13 @@ from lowrank_jax.adapters import merge
 from lowrank_jax.data import build_batches, load_splits
 from lowrank_jax.evaluation.gsm8k_eval import evaluate
 from lowrank_jax.evaluation.token_loss_eval import mean_token_loss
-from lowrank_jax.export import export_peft
+from lowrank_jax.export import export_peft, hf_base_model
 from lowrank_jax.models import save_pretrained
 from lowrank_jax.sharding import batch_sharding, make_mesh
 from lowrank_jax.training.checkpoint import Checkpointer
 from lowrank_jax.training.config_check import adapter_config_from, check_config, check_mesh
 from lowrank_jax.training.metrics_log import MetricsLog
-from lowrank_jax.training.model_source import load_model
+from lowrank_jax.training.model_source import hf_name, load_model
 from lowrank_jax.training.optimizer import build_optimizer, build_schedule
 from lowrank_jax.training.placement import adapt_onto_mesh, init_optimizer, jit_train_step
 
@@ -175,9 +175,12 @@ def run(config) -> RunResult:
     # export (before evaluation, so that a failing evaluation loses nothing), then eval
     model = nnx.merge(graphdef, trainable, rngs, frozen)
     if is_main and adapter is not None and config.train.export_peft:
-        export_peft(model, os.path.join(config.workdir, "peft"), base=model_path)
+        base = hf_base_model(model_path, hf_name(config.model))
+        export_peft(model, os.path.join(config.workdir, "peft"), base=base)
     if is_main and config.train.export_merged:
-        save_pretrained(merge(model), os.path.join(config.workdir, "merged"))
+        merged_dir = os.path.join(config.workdir, "merged")
+        save_pretrained(merge(model), merged_dir)
+        tokenizer.save_pretrained(merged_dir)  # so the directory loads as a model of its own (eval.py --model)
     report["val_loss"] = validation_loss(model)
     log.write(total_steps, {"val/loss": report["val_loss"]})
     if config.eval.before_and_after or config.eval.after:
