@@ -3,6 +3,7 @@ repository, light to import, and `lorapro()` composing into an optax chain on a 
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -44,9 +45,14 @@ print(json.dumps(dict(version=lowrank_jax.__version__, location=lowrank_jax.__fi
 
 
 def test_installed_package_imports_light_and_trains_outside_the_repository(tmp_path):
+    source = tmp_path / "source"  # what an sdist holds, so the build leaves nothing in the checkout
+    shutil.copytree(os.path.join(REPO, "lowrank_jax"), source / "lowrank_jax",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(REPO, name), source / name)
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(site), REPO], check=True, capture_output=True)
+                    "--target", str(site), str(source)], check=True, capture_output=True)
     assert not (site / "tests").exists() and not (site / "configs").exists()  # only the library is installed
     env = {**os.environ, "PYTHONPATH": str(site)}
     out = subprocess.run([sys.executable, "-c", USER_CODE], cwd=tmp_path, env=env, capture_output=True, text=True)
