@@ -7,7 +7,7 @@ import pytest
 
 from lowrank_jax.data import (Example, Splits, build_batches, embedded_examples, encode_prompts, render_prompt,
                               tokenize_examples)
-from lowrank_jax.evaluation.answers import final_answer_span
+from lowrank_jax.data.answers import final_answer_span
 from lowrank_jax.models import load_tokenizer
 from lowrank_jax.training.model_source import embedded_gguf
 
