@@ -1,8 +1,10 @@
 """Conversations through real chat templates (SmolLM2's and Qwen2.5's, from their GGUFs): the loss mask covers exactly
 the assistant tokens, checked against transformers' own assistant mask (`return_assistant_tokens_mask=True` with the
-template's assistant turns wrapped in `{% generation %}`); plain texts; packing keeps conversations whole."""
+template's assistant turns wrapped in `{% generation %}`); plain texts; packing keeps items whole; a local messages
+file through load_splits into batches."""
 
 import importlib.util
+import json
 import os
 import struct
 
@@ -11,7 +13,7 @@ import numpy as np
 import pytest
 
 from lowrank_jax.data import (Conversation, Example, Splits, Text, build_batches, conversation_pieces, encode_prompts,
-                              tokenize_examples)
+                              load_splits, tokenize_examples)
 from lowrank_jax.training.model_source import embedded_tokenizer
 
 CHAT = [{"role": "system", "content": "You answer in one short sentence."},
@@ -182,3 +184,20 @@ def test_packing_keeps_every_item_whole(smollm2):
                 assert batch["positions"][row][where].tolist() == list(range(where.sum()))
                 segments += 1
     assert batch["segment_ids"].max() >= 2 and segments <= len(items)
+
+
+def test_a_local_messages_file_reaches_the_batches(smollm2, tmp_path):
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"chat": list(c.messages)}) + "\n"
+                                                  for c in CONVERSATIONS[:3] * 4))
+    cfg = ml_collections.ConfigDict(dict(
+        source="local", train=str(tmp_path / "train.jsonl"), test="", hub_config="", format="messages",
+        messages_field="chat", prompt_field="prompt", completion_field="completion", text_field="text",
+        query_field="", response_field="", template="alpaca", max_length=512, batch_size=2, packing=False,
+        overflow="truncate", max_train_examples=0, val_examples=2, val_seed=0, seed=0))
+    splits = load_splits(cfg)
+    assert len(splits.train) == 10 and all(isinstance(c, Conversation) for c in splits.train + splits.validation)
+    targets = {"".join(c.messages[i]["content"] + "<|im_end|>" for i in c.trained_turns()) for c in CONVERSATIONS}
+    batches = build_batches(splits, smollm2, cfg)
+    for batch in (next(batches.train), *batches.validation()):     # one conversation per row without packing
+        for ids, mask in zip(batch["input_ids"], batch["loss_mask"] > 0):
+            assert smollm2.decode(ids[mask]) in targets

@@ -4,7 +4,9 @@ and Texts.
 The formats are the ones TRL and PEFT users bring: `messages` (a list of {'role', 'content'} chat messages, loss on
 the assistant turns), `prompt` / `completion` (strings, or lists of messages for conversational data; loss on the
 completion), `text` (loss on every token), and a query/response pair (GSM8K's question/answer, MetaMathQA's
-query/response, Alpaca's instruction(/input)/output). Each column name is a config setting.
+query/response, Alpaca's instruction(/input)/output). Each column name is a config setting. String prompt /
+completion pairs become Examples, so the prompt goes through `data.template` like a query (`data.template='{query}'`
+uses it verbatim).
 """
 
 from __future__ import annotations
