@@ -260,7 +260,7 @@ def test_check_data_config_rejects_bad_values_with_the_key(gsm8k_dir, tmp_path):
         r"data.train: .*chat\.jsonl: data.format='messages' needs the column\(s\) \['messages'\]":
             dict(source="local", train=str(chat), format="messages"),
         r"data.train: .*chat\.jsonl: cannot tell the data format": dict(source="local", train=str(chat)),
-        r"empty\.jsonl is empty": dict(source="local", train=str(tmp_path / "empty.jsonl")),
+        r"data.train: .*empty\.jsonl is empty": dict(source="local", train=str(tmp_path / "empty.jsonl")),
         r"data.test: .*no file matches split 'test'": dict(source="local", train=str(gsm8k_dir / "train.jsonl"),
                                                            test=str(tmp_path)),
         r"Hub datasets \['openai/gsm8k'\].*switched off": dict(source="openai/gsm8k"),

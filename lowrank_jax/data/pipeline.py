@@ -43,11 +43,12 @@ def _first_jsonl_columns(path: Path) -> list[str] | None:
         return None
     with open(path) as f:
         line = next((line for line in f if line.strip()), None)
-    _require(line is not None, f"{path} is empty; point at a file with one JSON record per line")
-    try:
-        return list(json.loads(line))
-    except (json.JSONDecodeError, TypeError) as e:
-        raise ValueError(f"config: data: {path}: the first line is not a JSON object ({e})") from e
+    if line is None:
+        raise ValueError(f"{path} is empty; point at a file with one JSON record per line")
+    record = json.loads(line)
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: the first line is {line[:80]!r}, not a JSON object (one record per line)")
+    return list(record)
 
 
 def _check_local_split(key: str, path: str, split: str, record_format: RecordFormat) -> None:
@@ -61,12 +62,12 @@ def _check_local_split(key: str, path: str, split: str, record_format: RecordFor
             resolved = find_split_file(resolved, split)
         except FileNotFoundError as e:
             raise ValueError(f"config: data.{key}: {e}") from e
-    columns = _first_jsonl_columns(resolved)
-    if columns is not None:
-        try:
+    try:  # JSONDecodeError is a ValueError
+        columns = _first_jsonl_columns(resolved)
+        if columns is not None:
             resolve_format(record_format, columns, str(resolved))
-        except ValueError as e:
-            raise ValueError(f"config: data.{key}: {e}") from e
+    except ValueError as e:
+        raise ValueError(f"config: data.{key}: {e}") from e
 
 
 def check_data_config(cfg, *, needs_test: bool = False) -> None:
