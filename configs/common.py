@@ -10,31 +10,31 @@ Presets (the part after ':' in `--config=configs/nlora_llama.py:PRESET`):
 import ml_collections
 
 PRESETS = ("embedded", "gsm8k", "llama2_7b", "tiny")
-SMALL_RANK = {"embedded": 16, "tiny": 4}  # the largest rank of these presets' quick runs
 
 TINY_MODEL = dict(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=16, rope_theta=10000.0,
                   tie_word_embeddings=True, rms_norm_eps=1e-5, max_position_embeddings=2048)
 
 
-def get_config(preset=None, *, method="nlora", rank=16, alpha=16.0, optimizer="adamw", learning_rate=2e-4,
-               small_model_learning_rate=5e-4):
+def get_config(preset, *, method, settings, optimizer="adamw", trainable="adapters"):
     """Builds the config for `method` at `preset` (default: embedded).
 
-    `learning_rate` is the paper's (llama2_7b preset); the small-model presets, which run few steps on a 135M or tiny
-    model, use `small_model_learning_rate`.
+    Args:
+      preset: one of PRESETS, or None for 'embedded'.
+      method: the adapter method (ignored when trainable='all').
+      settings: {preset: dict(rank=, alpha=, learning_rate=)}, the method file's table of what each preset runs.
+      optimizer: the optimizer name.
+      trainable: 'adapters' (the adapter factors train, the base is frozen) or 'all' (full fine-tuning: no
+        adapters, every weight trains).
     """
-    if preset != "llama2_7b":
-        learning_rate = small_model_learning_rate
     preset = preset or "embedded"
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS}")
-    if preset in SMALL_RANK and rank > SMALL_RANK[preset]:  # keep alpha / r, so the scale matches the paper's
-        rank, alpha = SMALL_RANK[preset], alpha * SMALL_RANK[preset] / rank
+    learning_rate = settings[preset]["learning_rate"]
     c = ml_collections.ConfigDict()
     c.preset = preset
     c.seed = 0
-    c.workdir = f"runs/{method}_{preset}"
+    c.workdir = f"runs/{method if trainable == 'adapters' else 'full'}_{preset}"
     c.resume = False
 
     c.model = ml_collections.ConfigDict(dict(
@@ -46,19 +46,20 @@ def get_config(preset=None, *, method="nlora", rank=16, alpha=16.0, optimizer="a
         remat="full",
         attention_impl="auto",    # cuDNN flash attention on NVIDIA GPUs (sm80+, bf16), else XLA | cudnn | xla
     ))
-    c.adapter = ml_collections.ConfigDict(dict(
-        method=method,            # 'full' trains every weight without adapters
-        rank=rank,
-        alpha=float(alpha),
-        targets=".*(q|k|v|o|gate|up|down)_proj",
-        scaling="standard",       # alpha/r; 'rslora' = alpha/sqrt(r)
-        dropout=0.0,
-        dtype="float32",
-        seed=0,
-        niter=None,               # PiSSA: randomized-SVD subspace iterations (None = exact SVD)
-        oversampling=None,        # nystrom: extra sketch columns (None = r // 2)
-        init_base=None,           # IntTune: the init providing the frozen A, B (None = 'nlora')
-    ))
+    if trainable == "adapters":  # full fine-tuning has no adapter block
+        c.adapter = ml_collections.ConfigDict(dict(
+            method=method,
+            rank=settings[preset]["rank"],
+            alpha=float(settings[preset]["alpha"]),
+            targets=".*(q|k|v|o|gate|up|down)_proj",
+            scaling="standard",       # alpha/r; 'rslora' = alpha/sqrt(r)
+            dropout=0.0,
+            dtype="float32",
+            seed=0,
+            niter=None,               # PiSSA: randomized-SVD subspace iterations (None = exact SVD)
+            oversampling=None,        # nystrom: extra sketch columns (None = r // 2)
+            init_base=None,           # IntTune: the init providing the frozen A, B (None = 'nlora')
+        ))
     c.optimizer = ml_collections.ConfigDict(dict(
         name=optimizer,           # adamw | sgd | lorapro | lorapro_adamw
         learning_rate=learning_rate,
@@ -89,6 +90,7 @@ def get_config(preset=None, *, method="nlora", rank=16, alpha=16.0, optimizer="a
         seed=0,                   # training order
     ))
     c.train = ml_collections.ConfigDict(dict(
+        trainable=trainable,      # 'adapters' (base frozen) | 'all' (full fine-tuning; the adapter block is unused)
         steps=0,                  # 0 = derive from epochs
         stop_after=0,             # end this process after N steps (time-sliced jobs; resume later); 0 = run to the end
         log_every=10,

@@ -10,6 +10,14 @@ Overrides: --config.adapter.rank=16 --config.optimizer.learning_rate=1e-4 --conf
 from configs import common
 
 
+# What each preset runs (alpha / rank kept at the paper's ratio where the rank is capped for small models).
+SETTINGS = {
+    "llama2_7b": dict(rank=128, alpha=128.0, learning_rate=2e-5),
+    "gsm8k": dict(rank=128, alpha=128.0, learning_rate=5e-4),
+    "embedded": dict(rank=16, alpha=16.0, learning_rate=5e-4),
+    "tiny": dict(rank=4, alpha=4.0, learning_rate=5e-4),
+}
+
+
 def get_config(preset=None):
-    return common.get_config(preset, method="pissa", rank=128, alpha=128.0, learning_rate=2e-5,
-                             small_model_learning_rate=5e-4)
+    return common.get_config(preset, method="pissa", settings=SETTINGS)

@@ -1,0 +1,24 @@
+"""Low-rank adapters as Flax NNX module transforms: `adapt`, `merge` and their variable types.
+
+Methods (LoRA, SLoRA, NLoRA, Nyström, PiSSA, MiLoRA, OLoRA, IntTune) are registered init functions in `inits/`.
+"""
+
+from lowrank_jax.adapters.config import AdapterConfig, as_adapter_config
+from lowrank_jax.adapters.inits import InitFactors, register_init
+from lowrank_jax.adapters.layer import AdaptedLinear
+from lowrank_jax.adapters.merge import merge
+from lowrank_jax.adapters.transform import adapt
+from lowrank_jax.adapters.variables import AdapterScale, FrozenFactor, InitialFactor
+
+__all__ = [
+    "AdaptedLinear",
+    "AdapterConfig",
+    "AdapterScale",
+    "FrozenFactor",
+    "InitFactors",
+    "InitialFactor",
+    "adapt",
+    "as_adapter_config",
+    "merge",
+    "register_init",
+]

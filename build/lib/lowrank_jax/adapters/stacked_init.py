@@ -1,0 +1,60 @@
+"""Runs a registered init on every layer slice of a (…, in, out) kernel at once: one jit, vmap over the slices.
+
+The kernel is upcast to float32 (float64 stays) on device; factors come back in the adapter dtype, the residual
+kernel in the base's dtype.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+from lowrank_jax.adapters.config import AdapterConfig
+from lowrank_jax.adapters.inits import InitFactors, get_method
+
+
+@functools.partial(jax.jit, static_argnames=("rank", "scale", "config"))
+def init_stacked(kernel: jax.Array, key: jax.Array, rank: int, scale: float, config: AdapterConfig) -> InitFactors:
+    """Factors of every slice of `kernel` (…, in, out), each slice with its own key split from `key`.
+
+    Jitted (rank, scale, config static). Matmuls run at full float32 precision for a float32 base (so residual
+    inits preserve the output to fp32 rounding) and at the backend's default (TF32 on GPUs) for bf16/fp16 bases,
+    whose storage rounding is larger anyway.
+
+    Returns:
+        InitFactors with the stack axes leading: lora_a (…, in, r), lora_m (…, r, r) or None, lora_b (…, r, out),
+        kernel (…, in, out) or None.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> config = AdapterConfig(method="nlora", rank=2)
+        >>> f = init_stacked(jnp.ones((3, 4, 5)), jax.random.key(0), rank=2, scale=1.0, config=config)
+        >>> f.lora_a.shape, f.lora_m.shape, f.lora_b.shape, f.kernel
+        ((3, 4, 2), (3, 2, 2), (3, 2, 5), None)
+    """
+    stack_shape, matrix_shape = kernel.shape[:-2], kernel.shape[-2:]
+    flat = kernel.reshape((math.prod(stack_shape), *matrix_shape))
+    keys = jax.random.split(key, flat.shape[0])
+    compute_dtype = jnp.promote_types(kernel.dtype, jnp.float32)
+    init = get_method(config.method).init
+
+    def one(matrix, slice_key):
+        return init(matrix.astype(compute_dtype), rank, scale, slice_key, config)
+
+    precision = "highest" if jnp.dtype(kernel.dtype).itemsize >= 4 else "default"
+    with jax.default_matmul_precision(precision):
+        factors = jax.vmap(one)(flat, keys)
+    adapter_dtype = jnp.dtype(config.dtype)
+
+    def restack(array, dtype):
+        return None if array is None else array.reshape((*stack_shape, *array.shape[1:])).astype(dtype)
+
+    return InitFactors(
+        restack(factors.lora_a, adapter_dtype),
+        restack(factors.lora_m, adapter_dtype),
+        restack(factors.lora_b, adapter_dtype),
+        restack(factors.kernel, kernel.dtype),
+    )

@@ -1,0 +1,289 @@
+"""The configuration of a Llama-family model: Hugging Face architecture fields plus runtime choices.
+
+`LlamaConfig.from_hf` reads a transformers config.json dict (old or new rope layout) and `to_hf_dict` writes one back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from typing import Any
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+DTYPES = ("float32", "bfloat16")
+REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
+ATTENTION_IMPLS = ("xla", "cudnn")
+LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+RUNTIME_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat", "attention_impl")
+_REQUIRED_HF_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+# transformers' class defaults for keys a config.json may omit.
+_HF_MAX_POSITIONS = {"llama": 2048, "mistral": 131072, "qwen2": 32768}
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    """Architecture (Hugging Face names) and runtime settings of a Llama / Mistral / Qwen2 decoder.
+
+    Defaults give a Llama-2-7B-shaped model. `num_key_value_heads=None` means multi-head attention and
+    `head_dim=None` means `hidden_size // num_attention_heads`; both are resolved on construction.
+    `rope_scaling` is None or a llama3 dict with keys `rope_type='llama3'`, `factor`, `low_freq_factor`,
+    `high_freq_factor`, `original_max_position_embeddings`. `attention_bias` means q/k/v biases (Qwen2 only).
+
+    Runtime fields: `dtype` is the compute dtype and `param_dtype` the stored one ('float32' | 'bfloat16');
+    `scan_layers` scans the stacked decoder layers (False: a Python loop over the same stacked state);
+    `remat` is one of REMAT_POLICIES; `attention_impl` is 'xla' (any device) or 'cudnn' (GPU, bfloat16).
+
+    Example:
+        >>> cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        ...                   num_attention_heads=4, num_key_value_heads=2)
+        >>> cfg.head_dim, cfg.num_query_groups
+        (16, 2)
+        >>> LlamaConfig.from_hf(cfg.to_hf_dict()) == cfg
+        True
+    """
+
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    model_type: str = "llama"
+    bos_token_id: int | None = 1
+    eos_token_id: int | tuple[int, ...] | None = 2
+    pad_token_id: int | None = None
+    initializer_range: float = 0.02
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    scan_layers: bool = True
+    remat: str = "none"
+    attention_impl: str = "xla"
+
+    def __post_init__(self):
+        if self.num_key_value_heads is None:
+            object.__setattr__(self, "num_key_value_heads", self.num_attention_heads)
+        if self.head_dim is None:
+            heads = _positive_int("num_attention_heads", self.num_attention_heads)
+            object.__setattr__(self, "head_dim", _positive_int("hidden_size", self.hidden_size) // heads)
+        if isinstance(self.eos_token_id, (list, tuple)):
+            object.__setattr__(self, "eos_token_id", tuple(int(t) for t in self.eos_token_id))
+        if self.rope_scaling is not None:
+            object.__setattr__(self, "rope_scaling", _llama3_rope_scaling(self.rope_scaling))
+        self._validate()
+
+    def _validate(self):
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads", "head_dim", "max_position_embeddings"):
+            _positive_int(name, getattr(self, name))
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                             f"num_key_value_heads ({self.num_key_value_heads}).")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim ({self.head_dim}) must be even for rotary embeddings.")
+        if not self.rope_theta > 0:
+            raise ValueError(f"rope_theta must be > 0, got {self.rope_theta}.")
+        if not self.rms_norm_eps > 0:
+            raise ValueError(f"rms_norm_eps must be > 0, got {self.rms_norm_eps}.")
+        if self.model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(_unsupported_model_type(self.model_type))
+        if self.attention_bias != (self.model_type == "qwen2"):
+            raise ValueError(f"attention_bias={self.attention_bias} with model_type={self.model_type!r}: q/k/v "
+                             "biases exist exactly for 'qwen2'; set attention_bias=(model_type == 'qwen2').")
+        for name in ("dtype", "param_dtype"):
+            if getattr(self, name) not in DTYPES:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not supported; use one of {DTYPES}.")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat={self.remat!r} is not supported; use one of {REMAT_POLICIES}.")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention_impl={self.attention_impl!r} is not supported; use one of {ATTENTION_IMPLS}.")
+        if self.attention_impl == "cudnn" and self.dtype != "bfloat16":
+            raise ValueError("attention_impl='cudnn' needs dtype='bfloat16' (cuDNN flash attention has no float32 "
+                             "kernel); use attention_impl='xla' for float32.")
+
+    def __hash__(self):
+        # The config sits in NNX graph definitions, which jit caches by hash; rope_scaling is a dict.
+        return hash(json.dumps(dataclasses.asdict(self), sort_keys=True))
+
+    @property
+    def num_query_groups(self) -> int:
+        """Query heads per key/value head (GQA group size)."""
+        return self.num_attention_heads // self.num_key_value_heads
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """`eos_token_id` as a tuple (empty when None)."""
+        if self.eos_token_id is None:
+            return ()
+        return self.eos_token_id if isinstance(self.eos_token_id, tuple) else (int(self.eos_token_id),)
+
+    def replace(self, **changes: Any) -> LlamaConfig:
+        """A copy with `changes` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_hf(cls, hf_config: Mapping[str, Any], **runtime: Any) -> LlamaConfig:
+        """Builds a config from a transformers config.json dict.
+
+        Args:
+            hf_config: the dict (e.g. `json.load(open("config.json"))` or `transformers_config.to_dict()`).
+                Rope settings may be in `rope_parameters` (transformers 5) or `rope_theta` / `rope_scaling`.
+            **runtime: runtime fields to set (dtype, param_dtype, scan_layers, remat, attention_impl).
+
+        Returns:
+            The validated config.
+
+        Raises:
+            ValueError: for a variant this implementation does not compute exactly (another model_type,
+                sliding-window attention, a rope type other than default/llama3, biases other than Qwen2's
+                q/k/v, an activation other than silu, ...), naming what is supported.
+        """
+        unknown = set(runtime) - set(RUNTIME_FIELDS)
+        if unknown:
+            raise ValueError(f"from_hf got non-runtime fields {sorted(unknown)}; only {RUNTIME_FIELDS} may be set.")
+        model_type = hf_config.get("model_type")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(_unsupported_model_type(model_type))
+        missing = [k for k in _REQUIRED_HF_KEYS if hf_config.get(k) is None]
+        if missing:
+            raise ValueError(f"The config.json dict lacks required keys {missing}.")
+        _check_supported_variant(hf_config, model_type)
+        rope_theta, rope_scaling = _rope_settings(hf_config)
+        return cls(
+            vocab_size=hf_config["vocab_size"],
+            hidden_size=hf_config["hidden_size"],
+            intermediate_size=hf_config["intermediate_size"],
+            num_hidden_layers=hf_config["num_hidden_layers"],
+            num_attention_heads=hf_config["num_attention_heads"],
+            num_key_value_heads=hf_config.get("num_key_value_heads"),
+            head_dim=hf_config.get("head_dim"),
+            rms_norm_eps=hf_config.get("rms_norm_eps", 1e-6),
+            rope_theta=rope_theta,
+            rope_scaling=rope_scaling,
+            max_position_embeddings=hf_config.get("max_position_embeddings", _HF_MAX_POSITIONS[model_type]),
+            tie_word_embeddings=hf_config.get("tie_word_embeddings", False),
+            attention_bias=model_type == "qwen2",
+            model_type=model_type,
+            bos_token_id=hf_config.get("bos_token_id"),
+            eos_token_id=hf_config.get("eos_token_id"),
+            pad_token_id=hf_config.get("pad_token_id"),
+            initializer_range=hf_config.get("initializer_range", 0.02),
+            **runtime,
+        )
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """The transformers config.json dict of this architecture (loads with AutoConfig in transformers 4 and 5).
+
+        Rope settings are written both as `rope_parameters` and as the older `rope_theta` / `rope_scaling`.
+        `dtype` records `param_dtype`.
+        """
+        rope_parameters = {"rope_type": "default", "rope_theta": self.rope_theta}
+        if self.rope_scaling is not None:
+            rope_parameters = {**self.rope_scaling, "rope_theta": self.rope_theta}
+        eos = list(self.eos_token_id) if isinstance(self.eos_token_id, tuple) else self.eos_token_id
+        hf = {
+            "model_type": self.model_type,
+            "architectures": [HF_ARCHITECTURES[self.model_type]],
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "rms_norm_eps": self.rms_norm_eps,
+            "max_position_embeddings": self.max_position_embeddings,
+            "initializer_range": self.initializer_range,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "rope_parameters": rope_parameters,
+            "rope_theta": self.rope_theta,
+            "rope_scaling": None if self.rope_scaling is None else dict(self.rope_scaling),
+            "attention_dropout": 0.0,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": eos,
+            "pad_token_id": self.pad_token_id,
+            "dtype": self.param_dtype,
+        }
+        if self.model_type == "llama":
+            hf.update(attention_bias=False, mlp_bias=False)
+        elif self.model_type == "mistral":
+            hf.update(sliding_window=None)
+        else:
+            hf.update(use_sliding_window=False, sliding_window=None, max_window_layers=self.num_hidden_layers)
+        return hf
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}.")
+    return value
+
+
+def _unsupported_model_type(model_type: Any) -> str:
+    return (f"model_type={model_type!r} is not supported; supported model types: {SUPPORTED_MODEL_TYPES} "
+            "(Llama 2/3/3.1/3.2, Mistral without sliding window, Qwen2).")
+
+
+def _check_supported_variant(hf: Mapping[str, Any], model_type: str) -> None:
+    """Raises for config.json settings whose computation differs from this implementation."""
+    if hf.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"hidden_act={hf['hidden_act']!r} is not supported; only 'silu' (SwiGLU MLP).")
+    if hf.get("mlp_bias", False):
+        raise ValueError("mlp_bias=True is not supported; supported: MLP projections without bias.")
+    if hf.get("attention_dropout", 0.0):
+        raise ValueError(f"attention_dropout={hf['attention_dropout']} is not supported; set it to 0.0.")
+    if model_type == "llama" and hf.get("attention_bias", False):
+        raise ValueError("attention_bias=True for model_type 'llama' (biases on q/k/v and o_proj) is not supported; "
+                         "supported: no biases (llama, mistral) or Qwen2's q/k/v biases (qwen2).")
+    if model_type == "mistral" and hf.get("sliding_window") is not None:
+        raise ValueError(f"sliding_window={hf['sliding_window']} (sliding-window attention) is not supported; "
+                         "supported: full causal attention, i.e. sliding_window null.")
+    if model_type == "qwen2":
+        if hf.get("use_sliding_window", False):
+            raise ValueError("use_sliding_window=True (sliding-window attention) is not supported; supported: "
+                             "full causal attention, i.e. use_sliding_window false.")
+        layer_types = set(hf.get("layer_types") or ())
+        if layer_types - {"full_attention"}:
+            raise ValueError(f"layer_types {sorted(layer_types)} are not supported; only 'full_attention'.")
+
+
+def _rope_settings(hf: Mapping[str, Any]) -> tuple[float, dict | None]:
+    """(rope_theta, llama3 rope_scaling or None) from either rope layout of a config.json dict."""
+    params = hf.get("rope_parameters")
+    if params is not None:
+        if "rope_theta" not in params:
+            raise ValueError(f"rope_parameters {params} has no rope_theta (per-layer-type rope is not supported).")
+        theta, scaling = params["rope_theta"], dict(params)
+    else:
+        theta, scaling = hf.get("rope_theta", 10000.0), dict(hf.get("rope_scaling") or {})
+    partial = scaling.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+    if partial != 1.0:
+        raise ValueError(f"partial_rotary_factor={partial} is not supported; only full rotary embeddings (1.0).")
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    if rope_type == "default":
+        return float(theta), None
+    return float(theta), _llama3_rope_scaling(scaling)
+
+
+def _llama3_rope_scaling(scaling: Mapping[str, Any]) -> dict:
+    """The canonical llama3 rope_scaling dict, or a ValueError naming the supported rope types."""
+    rope_type = scaling.get("rope_type", scaling.get("type"))
+    if rope_type != "llama3":
+        raise ValueError(f"rope type {rope_type!r} is not supported; supported: 'default' (rope_scaling null) and "
+                         "'llama3'.")
+    missing = [k for k in LLAMA3_ROPE_KEYS if k not in scaling]
+    if missing:
+        raise ValueError(f"llama3 rope scaling lacks {missing}; it needs {LLAMA3_ROPE_KEYS}.")
+    if not scaling["high_freq_factor"] > scaling["low_freq_factor"]:
+        raise ValueError("llama3 rope scaling needs high_freq_factor > low_freq_factor, got "
+                         f"{scaling['high_freq_factor']} and {scaling['low_freq_factor']}.")
+    return {"rope_type": "llama3", **{k: scaling[k] for k in LLAMA3_ROPE_KEYS}}

@@ -1,0 +1,121 @@
+"""llama.cpp GGUF checkpoints read as a Hugging Face checkpoint: a config.json-style dict from the metadata and
+dequantised tensors under HF names, with llama.cpp's Q/K row permutation undone.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import gguf
+import numpy as np
+
+from lowrank_jax.models.param_map import hf_name_from_gguf, rule_for_hf_name, unpermute_gguf_rows
+
+# GGUF general.architecture -> HF model_type. llama.cpp writes Llama and Mistral as `llama`.
+GGUF_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2"}
+# llama.cpp's converter permutes Q/K rows to interleaved RoPE order for these (not for qwen2, which uses NEOX RoPE).
+PERMUTED_ARCHITECTURES = ("llama",)
+_REQUIRED = object()
+
+
+class GGUFCheckpoint:
+    """A GGUF file as HF-named tensors: `hf_config`, `shapes` and one-at-a-time `read`.
+
+    Opening parses the header and memory-maps the file (no tensor is dequantised yet); it fails with the file's name
+    on a truncated file, an unsupported architecture or rope scaling, or a tensor the name table does not know.
+    The parsed metadata is dropped once `hf_config` is built (a 49k-token vocabulary is ~150 MB of objects).
+
+    Example:
+        >>> ckpt = GGUFCheckpoint("SmolLM2-135M-Instruct.Q4_1.gguf")  # doctest: +SKIP
+        >>> ckpt.shapes["model.layers.0.self_attn.k_proj.weight"]  # doctest: +SKIP
+        (192, 576)
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        if not os.path.isfile(self.path):
+            raise FileNotFoundError(f"{self.path}: GGUF file not found.")
+        try:
+            reader = gguf.GGUFReader(self.path)
+        except (ValueError, IndexError, KeyError, OSError) as err:
+            raise ValueError(f"{self.path}: unreadable GGUF file (truncated or corrupt?): {err}") from err
+        metadata = _Metadata(reader, self.path)
+        self.architecture = metadata.architecture
+        self._tensors = {}
+        for tensor in reader.tensors:
+            hf_name = hf_name_from_gguf(tensor.name)
+            if hf_name is None:
+                hint = (" (llama3 rope scaling, stored by llama.cpp as rope_freqs, is not supported from GGUF; "
+                        "load the HF safetensors directory instead)") if tensor.name.startswith("rope_freqs") else ""
+                raise ValueError(f"{self.path}: tensor {tensor.name!r} has no Llama/Qwen2 counterpart{hint}.")
+            self._tensors[hf_name] = tensor
+        self.shapes = {name: tuple(int(d) for d in reversed(t.shape)) for name, t in self._tensors.items()}
+        self.hf_config = metadata.hf_config(tensor_names=self._tensors)
+
+    def read(self, name: str) -> np.ndarray:
+        """One tensor dequantised to float32 (F16/BF16/F32 exactly), in HF name, layout and row order."""
+        tensor = self._tensors[name]
+        values = gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(self.shapes[name])
+        head_count = rule_for_hf_name(name)[0].gguf_head_count
+        if self.architecture in PERMUTED_ARCHITECTURES and head_count is not None:
+            values = unpermute_gguf_rows(values, self.hf_config[head_count])
+        return values
+
+
+class _Metadata:
+    """The key/value metadata of a GGUF file, read with llama.cpp's key names (`gguf.Keys`)."""
+
+    def __init__(self, reader: gguf.GGUFReader, path: str):
+        self.reader, self.path = reader, path
+        architecture = reader.get_field(gguf.Keys.General.ARCHITECTURE)
+        self.architecture = None if architecture is None else architecture.contents()
+        if self.architecture not in GGUF_ARCHITECTURES:
+            raise ValueError(f"{path}: GGUF architecture {self.architecture!r} is not supported; supported: "
+                             f"{tuple(GGUF_ARCHITECTURES)}.")
+        split_count = self.get(gguf.Keys.Split.LLM_KV_SPLIT_COUNT, default=1)
+        if split_count > 1:
+            raise ValueError(f"{path} is part of a {split_count}-file split GGUF; merge the parts first "
+                             "(llama.cpp's gguf-split --merge).")
+
+    def get(self, key: str, default: Any = _REQUIRED) -> Any:
+        key = key.format(arch=self.architecture)
+        field = self.reader.get_field(key)
+        if field is None:
+            if default is _REQUIRED:
+                raise ValueError(f"{self.path}: GGUF metadata lacks {key!r}.")
+            return default
+        return field.contents()
+
+    def hf_config(self, tensor_names) -> dict[str, Any]:
+        """The transformers config.json dict the metadata describes; `tensor_names` are the file's HF names."""
+        keys = gguf.Keys
+        rope_scaling = self.get(keys.Rope.SCALING_TYPE, default="none")
+        if rope_scaling != "none":
+            raise ValueError(f"{self.path}: GGUF rope scaling {rope_scaling!r} is not supported; supported: none.")
+        heads = self.get(keys.Attention.HEAD_COUNT)
+        hidden = self.get(keys.LLM.EMBEDDING_LENGTH)
+        head_dim = self.get(keys.Attention.KEY_LENGTH, default=hidden // heads)
+        rotary_dims = self.get(keys.Rope.DIMENSION_COUNT, default=head_dim)
+        if rotary_dims != head_dim:
+            raise ValueError(f"{self.path}: rope.dimension_count={rotary_dims} != head_dim={head_dim} (partial "
+                             "rotary embeddings) is not supported.")
+        tokens = self.reader.get_field(keys.Tokenizer.LIST)
+        return {
+            "model_type": GGUF_ARCHITECTURES[self.architecture],
+            "vocab_size": len(tokens.data) if tokens is not None else self.get(keys.LLM.VOCAB_SIZE),
+            "hidden_size": hidden,
+            "intermediate_size": self.get(keys.LLM.FEED_FORWARD_LENGTH),
+            "num_hidden_layers": self.get(keys.LLM.BLOCK_COUNT),
+            "num_attention_heads": heads,
+            "num_key_value_heads": self.get(keys.Attention.HEAD_COUNT_KV, default=heads),
+            "head_dim": head_dim,
+            "rms_norm_eps": self.get(keys.Attention.LAYERNORM_RMS_EPS),
+            "rope_theta": self.get(keys.Rope.FREQ_BASE, default=10000.0),
+            "max_position_embeddings": self.get(keys.LLM.CONTEXT_LENGTH),
+            "tie_word_embeddings": "lm_head.weight" not in tensor_names,
+            "attention_bias": "model.layers.0.self_attn.q_proj.bias" in tensor_names,
+            "bos_token_id": self.get(keys.Tokenizer.BOS_ID, default=None),
+            "eos_token_id": self.get(keys.Tokenizer.EOS_ID, default=None),
+            "pad_token_id": self.get(keys.Tokenizer.PAD_ID, default=None),
+        }

@@ -1,0 +1,86 @@
+"""Checks a run config before anything expensive happens, with errors that name the key and the fix.
+
+ml_collections' `lock_config=True` already rejects unknown keys and wrongly-typed overrides; this module checks
+values and combinations: names from the registries, ranges, forbidden pairs, paths that must exist, and a workdir
+that already holds another run.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh
+
+from lowrank_jax.adapters import AdapterConfig
+from lowrank_jax.data import check_data_config
+from lowrank_jax.models.attention_choice import check_attention_impl
+from lowrank_jax.models.config import DTYPES as MODEL_DTYPES
+from lowrank_jax.training.model_source import resolve_model_path
+from lowrank_jax.training.optimizer import LORAPRO_OPTIMIZERS, OPTIMIZERS, SCHEDULES
+
+MOMENT_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(f"config: {message}")
+
+
+TRAINABLE = ("adapters", "all")
+
+
+def adapter_config_from(config: ml_collections.ConfigDict) -> AdapterConfig | None:
+    """The library's AdapterConfig from the run config's `adapter` block (validates method, rank, dtype, ...), or
+    None for full fine-tuning (`train.trainable='all'`)."""
+    if config.train.trainable == "all":
+        return None
+    return AdapterConfig(**config.adapter.to_dict())
+
+
+def check_mesh(config: ml_collections.ConfigDict, mesh: Mesh, process_count: int) -> None:
+    """The micro-batch splits evenly over the mesh's data-parallel devices and the processes."""
+    batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+    micro_batch = config.data.batch_size // config.data.grad_accum
+    _require(micro_batch % batch_devices == 0 and micro_batch % process_count == 0,
+             f"data.batch_size / data.grad_accum = {micro_batch} rows must split evenly over data*fsdp = "
+             f"{batch_devices} devices and {process_count} processes; change data.batch_size, data.grad_accum or mesh")
+
+
+def check_config(config: ml_collections.ConfigDict) -> str:
+    """Validates `config`; returns the resolved local model path ('random' for random models)."""
+    m, o, d, t, e = config.model, config.optimizer, config.data, config.train, config.eval
+    _require(m.dtype in MODEL_DTYPES and m.param_dtype in MODEL_DTYPES,
+             f"model.dtype={m.dtype!r} / model.param_dtype={m.param_dtype!r}: use one of {MODEL_DTYPES}")
+    try:
+        check_attention_impl(m.attention_impl, m.dtype)
+    except ValueError as err:
+        raise ValueError(f"config: model.{err}") from None
+    _require(t.trainable in TRAINABLE, f"train.trainable={t.trainable!r}: choose one of {TRAINABLE}")
+    full = t.trainable == "all"
+    adapter_config_from(config)
+    _require(o.name in OPTIMIZERS, f"optimizer.name={o.name!r} is unknown; choose one of {OPTIMIZERS}")
+    _require(not (full and o.name in LORAPRO_OPTIMIZERS),
+             f"optimizer.name={o.name!r} adjusts low-rank factors, but train.trainable='all' trains no adapters; "
+             "use optimizer.name='adamw' for full fine-tuning, or train.trainable='adapters'")
+    _require(o.schedule in SCHEDULES, f"optimizer.schedule={o.schedule!r}: choose one of {SCHEDULES}")
+    _require(o.learning_rate > 0, f"optimizer.learning_rate={o.learning_rate} must be > 0")
+    _require(0 <= o.warmup_ratio < 1, f"optimizer.warmup_ratio={o.warmup_ratio} must be in [0, 1)")
+    _require(o.moment_dtype in MOMENT_DTYPES,
+             f"optimizer.moment_dtype={o.moment_dtype!r}: use one of {MOMENT_DTYPES}")
+    _require(d.batch_size > 0 and d.grad_accum > 0 and d.batch_size % d.grad_accum == 0,
+             f"data.batch_size={d.batch_size} must be a positive multiple of data.grad_accum={d.grad_accum}")
+    _require(d.max_length >= 16, f"data.max_length={d.max_length} is too short for a prompt and an answer")
+    _require(t.steps > 0 or d.epochs > 0, "set train.steps > 0 or data.epochs > 0")
+    _require(t.log_every > 0 and t.checkpoint_every > 0 and t.keep_checkpoints > 0,
+             "train.log_every, train.checkpoint_every and train.keep_checkpoints must be > 0")
+    _require(e.batch_size > 0 and e.max_new_tokens > 0, "eval.batch_size and eval.max_new_tokens must be > 0")
+    check_data_config(d)
+    model_path = resolve_model_path(m.path)
+    directory = os.path.join(os.path.abspath(config.workdir), "checkpoints")
+    if not config.resume and os.path.isdir(directory):
+        latest = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True)).latest_step()
+        _require(latest is None, f"workdir {config.workdir!r} already holds checkpoints (latest step {latest}); "
+                 "pass --config.resume=True to continue that run, or choose another --config.workdir")
+    return model_path

