@@ -82,14 +82,20 @@ def _encode_examples(examples: Sequence[Example], tokenizer, template: str, targ
             for prompt, response, response_mask in zip(prompt_ids, response_ids, response_masks)]
 
 
-def _encode_conversation(conversation: Conversation, tokenizer) -> tuple[list[int], list[bool]]:
-    """The chat template's tokens (it writes the end-of-turn marker, so no EOS is added)."""
-    ids, mask = [], []
-    for text, is_target in conversation_pieces(conversation, tokenizer):
-        piece = tokenizer(text, add_special_tokens=False)["input_ids"]
-        ids += piece
-        mask += [is_target] * len(piece)
-    return ids, mask
+def _encode_conversations(conversations: Sequence[Conversation], tokenizer) -> list[tuple[list[int], list[bool]]]:
+    """The chat template's tokens (it writes the end-of-turn marker, so no EOS is added), every piece of every
+    conversation encoded in one tokenizer call."""
+    pieces = [conversation_pieces(c, tokenizer) for c in conversations]
+    piece_ids = iter(tokenizer([text for p in pieces for text, _ in p], add_special_tokens=False)["input_ids"])
+    encoded = []
+    for conversation in pieces:
+        ids, mask = [], []
+        for _, is_target in conversation:
+            piece = next(piece_ids)
+            ids += piece
+            mask += [is_target] * len(piece)
+        encoded.append((ids, mask))
+    return encoded
 
 
 def _encode_texts(texts: Sequence[Text], tokenizer, eos: int) -> list[tuple[list[int], list[bool]]]:
@@ -139,7 +145,7 @@ def tokenize_examples(examples: Sequence[Example | Conversation | Text], tokeniz
     encoded: list = [None] * len(examples)
     for kind, encode in ((Example, lambda group: _encode_examples(group, tokenizer, template, target, eos)),
                          (Text, lambda group: _encode_texts(group, tokenizer, eos)),
-                         (Conversation, lambda group: [_encode_conversation(c, tokenizer) for c in group])):
+                         (Conversation, lambda group: _encode_conversations(group, tokenizer))):
         indices = [i for i, e in enumerate(examples) if isinstance(e, kind)]
         for i, ids_and_mask in zip(indices, encode([examples[i] for i in indices]) if indices else []):
             encoded[i] = ids_and_mask
