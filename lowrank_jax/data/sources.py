@@ -21,7 +21,7 @@ HUB_CONFIG_NAMES = {"openai/gsm8k": "main"}
 SAVED_DATASET_FILES = ("state.json", "dataset_dict.json")
 LOCAL_FILES_HINT = ("point at local files instead: --config.data.source=local --config.data.train=/path/train.jsonl "
                     "--config.data.test=/path/test.jsonl (json, jsonl or parquet; a directory holding "
-                    "train.* / test.* files works too)")
+                    "train.* / test.* files, or a datasets save_to_disk directory, works too)")
 
 
 def looks_like_path(source: str) -> bool:
