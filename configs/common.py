@@ -2,7 +2,8 @@
 
 Presets (the part after ':' in `--config=configs/nlora_llama.py:PRESET`):
   embedded    SmolLM2-135M-Instruct (the offline GGUF) on offline GSM8K-format data; a 2-core CPU runs it in minutes.
-  gsm8k       SmolLM2-135M-Instruct on real GSM8K (`data.train` points at a local GSM8K dir), GPU-sized.
+  gsm8k       SmolLM2-135M-Instruct on real GSM8K (openai/gsm8k from the Hub, or `--config.data.train=DIR` with
+              GSM8K's train.jsonl / test.jsonl), GPU-sized.
   llama2_7b   Llama-2-7B from the hub (or `--config.model.path=/local/dir`) on MetaMathQA-100k: the papers' setup.
   tiny        a random 2-layer Llama on a few test problems, for tests and smoke runs.
 """
@@ -75,10 +76,19 @@ def get_config(preset, *, method, settings, optimizer="adamw", trainable="adapte
         moment_dtype="float32",   # lorapro_adamw's full-size moments
     ))
     c.data = ml_collections.ConfigDict(dict(
-        source="embedded",        # 'embedded' | 'gsm8k_local' | hub name | local json/jsonl/parquet
-        train="",                 # path of the training file/dir for local sources
-        test="",                  # path of the evaluation file/dir for local sources
-        template="alpaca",        # 'alpaca' | 'chat'
+        source="embedded",        # 'embedded' | 'gsm8k' | 'local' | a Hub dataset id | a local file/dir
+        train="",                 # 'local': json/jsonl/parquet file, dir of train.*/test.*, or save_to_disk dir;
+                                  # 'gsm8k': a dir with GSM8K's train/test.jsonl ('' = openai/gsm8k from the Hub)
+        test="",                  # evaluation file/dir or Hub id ('' = none: set it, or turn eval.after off)
+        hub_config="",            # config name of the Hub dataset in `source` ('' = its default)
+        format="auto",            # 'auto' | 'messages' | 'prompt_completion' | 'text' | 'query_response'
+        messages_field="messages",      # chat messages [{'role', 'content'}, ...]: loss on assistant turns
+        prompt_field="prompt",          # prompt/completion (strings, or message lists): loss on the completion
+        completion_field="completion",
+        text_field="text",              # plain text: loss on every token
+        query_field="",                 # query/response columns ('' = detect question/answer, query/response,
+        response_field="",              # instruction(/input)/output)
+        template="alpaca",        # prompt of query/response data: 'alpaca' | 'chat' | a format string with {query}
         max_length=512,
         batch_size=32,            # global batch in sequences
         grad_accum=1,
@@ -118,8 +128,7 @@ def get_config(preset, *, method, settings, optimizer="adamw", trainable="adapte
         c.eval.update(num_examples=24, batch_size=24, max_new_tokens=160, before_and_after=True)
     elif preset == "gsm8k":
         c.model.update(remat="dots_with_no_batch_dims_saveable")
-        c.data.update(source="gsm8k_local", train="../shared/data/gsm8k", test="../shared/data/gsm8k",
-                      max_length=512, batch_size=32, epochs=2.0, val_examples=300)
+        c.data.update(source="gsm8k", max_length=512, batch_size=32, epochs=2.0, val_examples=300)
         c.eval.update(num_examples=1319, batch_size=256, max_new_tokens=320)
     elif preset == "llama2_7b":
         # dots_with_no_batch_dims_saveable: 42.1% MFU vs 36.2% with full remat on an H100 at 4 x 2048 tokens and

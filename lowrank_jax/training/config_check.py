@@ -69,14 +69,11 @@ def check_config(config: ml_collections.ConfigDict) -> str:
     _require(0 <= o.warmup_ratio < 1, f"optimizer.warmup_ratio={o.warmup_ratio} must be in [0, 1)")
     _require(o.moment_dtype in MOMENT_DTYPES,
              f"optimizer.moment_dtype={o.moment_dtype!r}: use one of {MOMENT_DTYPES}")
-    _require(d.batch_size > 0 and d.grad_accum > 0 and d.batch_size % d.grad_accum == 0,
-             f"data.batch_size={d.batch_size} must be a positive multiple of data.grad_accum={d.grad_accum}")
-    _require(d.max_length >= 16, f"data.max_length={d.max_length} is too short for a prompt and an answer")
     _require(t.steps > 0 or d.epochs > 0, "set train.steps > 0 or data.epochs > 0")
     _require(t.log_every > 0 and t.checkpoint_every > 0 and t.keep_checkpoints > 0,
              "train.log_every, train.checkpoint_every and train.keep_checkpoints must be > 0")
     _require(e.batch_size > 0 and e.max_new_tokens > 0, "eval.batch_size and eval.max_new_tokens must be > 0")
-    check_data_config(d)
+    check_data_config(d, needs_test=e.after or e.before_and_after)
     model_path = resolve_model_path(m.path)
     directory = os.path.join(os.path.abspath(config.workdir), "checkpoints")
     if not config.resume and os.path.isdir(directory):
