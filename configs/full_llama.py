@@ -3,7 +3,7 @@
 Run (the embedded default: SmolLM2-135M-Instruct, offline data, CPU-friendly):
   python train.py --config=configs/full_llama.py
 Presets: python train.py --config=configs/full_llama.py:llama2_7b   (lr 2e-5, the same loop and data as the adapter methods)
-         python train.py --config=configs/full_llama.py:gsm8k       (SmolLM2 on real GSM8K; --config.data.train=DIR)
+         python train.py --config=configs/full_llama.py:gsm8k       (SmolLM2 on real GSM8K from the hub, or --config.data.train=DIR)
 Overrides: --config.optimizer.learning_rate=1e-5 --config.workdir=runs/x
 """
 

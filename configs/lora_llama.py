@@ -3,7 +3,7 @@
 Run (the embedded default: SmolLM2-135M-Instruct, offline data, CPU-friendly):
   python train.py --config=configs/lora_llama.py
 Presets: python train.py --config=configs/lora_llama.py:llama2_7b   (LoRA-Pro's baseline: r = 8, alpha = 16, lr 2e-5; for NLoRA's baseline add --config.adapter.rank=128 --config.adapter.alpha=128)
-         python train.py --config=configs/lora_llama.py:gsm8k       (SmolLM2 on real GSM8K; --config.data.train=DIR)
+         python train.py --config=configs/lora_llama.py:gsm8k       (SmolLM2 on real GSM8K from the hub, or --config.data.train=DIR)
 Overrides: --config.adapter.rank=16 --config.optimizer.learning_rate=1e-4 --config.workdir=runs/x
 """
 

@@ -3,7 +3,7 @@
 Run (the embedded default: SmolLM2-135M-Instruct, offline data, CPU-friendly):
   python train.py --config=configs/lorapro_llama.py
 Presets: python train.py --config=configs/lorapro_llama.py:llama2_7b   (the paper's setup: r = 8, alpha = 16, lr 2e-5; the full Algorithm 2 with --config.optimizer.name=lorapro_adamw)
-         python train.py --config=configs/lorapro_llama.py:gsm8k       (SmolLM2 on real GSM8K; --config.data.train=DIR)
+         python train.py --config=configs/lorapro_llama.py:gsm8k       (SmolLM2 on real GSM8K from the hub, or --config.data.train=DIR)
 Overrides: --config.adapter.rank=16 --config.optimizer.learning_rate=1e-4 --config.workdir=runs/x
 """
 

@@ -3,7 +3,7 @@
 Run (the embedded default: SmolLM2-135M-Instruct, offline data, CPU-friendly):
   python train.py --config=configs/slora_llama.py
 Presets: python train.py --config=configs/slora_llama.py:llama2_7b   (r = alpha = 128, AdamW lr 2e-4 as NLoRA)
-         python train.py --config=configs/slora_llama.py:gsm8k       (SmolLM2 on real GSM8K; --config.data.train=DIR)
+         python train.py --config=configs/slora_llama.py:gsm8k       (SmolLM2 on real GSM8K from the hub, or --config.data.train=DIR)
 Overrides: --config.adapter.rank=16 --config.optimizer.learning_rate=1e-4 --config.workdir=runs/x
 """
 
