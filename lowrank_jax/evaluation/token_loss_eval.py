@@ -1,14 +1,47 @@
-"""Mean target-token loss of a model over a stream of batches (validation loss, answer-token loss)."""
+"""Loss of target tokens: the next-token cross-entropy the train step minimises, its mean over a stream of batches
+(validation loss), and the response-token loss / perplexity of a set of examples (any dataset's generic metric).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
-from lowrank_jax.training.step import token_loss
+from lowrank_jax.data import evaluation_batches, pad_id, tokenize_examples
+from lowrank_jax.evaluation.metrics import mean_loss_and_perplexity
+
+
+def token_loss(model: nnx.Module, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """Summed next-token cross-entropy over target tokens, and the number of target tokens.
+
+    Args:
+      model: called as `model(input_ids, positions=, segment_ids=) -> (B, T, V)` logits.
+      batch: `input_ids`, `loss_mask`, `segment_ids`, `positions`, each (B, T); `loss_mask[t]` marks token t as a
+        target predicted from tokens < t.
+
+    Returns:
+      (loss_sum, n_tokens), both fp32 scalars.
+
+    >>> from lowrank_jax.models import Llama, LlamaConfig
+    >>> model = Llama(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+    ...                           num_attention_heads=2, num_key_value_heads=1))
+    >>> ids = jnp.array([[3, 4, 5, 6]])
+    >>> batch = dict(input_ids=ids, loss_mask=jnp.array([[0, 0, 1, 1]]), segment_ids=jnp.ones_like(ids),
+    ...              positions=jnp.arange(4)[None])
+    >>> float(token_loss(model, batch)[1])
+    2.0
+    """
+    logits = model(batch["input_ids"], positions=batch["positions"], segment_ids=batch["segment_ids"])
+    logits = logits[:, :-1].astype(jnp.float32)
+    targets = batch["input_ids"][:, 1:]
+    weights = batch["loss_mask"][:, 1:].astype(jnp.float32)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    return jnp.sum(losses * weights), jnp.sum(weights)
 
 
 def mean_token_loss(model: nnx.Module, batches: Iterable[dict[str, np.ndarray]]) -> tuple[float, float]:
@@ -24,3 +57,27 @@ def mean_token_loss(model: nnx.Module, batches: Iterable[dict[str, np.ndarray]])
     if count == 0:
         raise ValueError("no target tokens in the evaluation batches (loss_mask is all zero)")
     return total / count, count
+
+
+def response_loss(model: nnx.Module, tokenizer, examples: Sequence, *, template: str, max_length: int,
+                  batch_size: int, target: str = "response") -> dict[str, float]:
+    """Mean loss (nats) and perplexity of the reference responses' tokens given their prompts, over `examples`.
+
+    Args:
+      model: a Llama (adapted or not).
+      tokenizer: its tokenizer.
+      examples: `lowrank_jax.data.Example`s (query, reference response).
+      template: the prompt template training used.
+      max_length: longest packed row; longer examples lose the end of their response.
+      batch_size: rows per forward pass.
+      target: 'response' (every response token and EOS) or 'final_answer' (only a GSM8K-style final answer).
+
+    Returns:
+      {'loss', 'perplexity', 'tokens'} (tokens: how many target tokens were scored).
+    """
+    tokenized = tokenize_examples(examples, tokenizer, max_length=max_length, template=template, target=target)
+    batches = evaluation_batches(tokenized, global_batch_size=batch_size, seq_len=max_length, packing=True,
+                                 pad_id=pad_id(tokenizer))
+    mean, count = mean_token_loss(model, batches)
+    loss, perplexity = mean_loss_and_perplexity(mean * count, count)
+    return {"loss": loss, "perplexity": perplexity, "tokens": count}
