@@ -117,6 +117,10 @@ def get_config(preset, *, method, settings, optimizer="adamw", trainable="adapte
     c.distributed = ml_collections.ConfigDict(dict(coordinator_address="", num_processes=1, process_id=0,
                                                    auto=False))
     c.eval = ml_collections.ConfigDict(dict(
+        task="gsm8k",             # 'gsm8k' | 'exact_match' | 'loss' (response-token loss) | 'humaneval' (pass@1)
+        extractor="",             # exact_match: 'gsm8k' | 'last_number' | 'exact' | 'regex:<pattern>' ('' = task's)
+        stop_sequences=(),        # exact_match: cut generations at the first of these strings
+        timeout=5.0,              # humaneval: seconds per generated program
         num_examples=1319, batch_size=64, max_new_tokens=512, max_length=768, after=True,
         before_and_after=False))
 
