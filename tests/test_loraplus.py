@@ -38,13 +38,13 @@ def is_b(path) -> bool:
     return jax.tree_util.keystr(path).endswith("['lora_b']")
 
 
-@pytest.mark.parametrize("ratio", [16.0, 3.0])
-@pytest.mark.parametrize("name", OPTIMIZERS)
+@pytest.mark.parametrize("name, ratio", [("adamw", 16.0), ("adamw", 3.0), ("lorapro+adamw", 16.0),
+                                         ("lorapro_adamw", 16.0)])
 def test_b_update_is_ratio_times_the_optimizers_and_the_rest_unchanged(name, ratio):
     plain, plus = OPTIMIZERS[name](), optax.chain(OPTIMIZERS[name](), loraplus(ratio))
     plain_state, plus_state = plain.init(PARAMS), plus.init(PARAMS)
     update = jax.jit(lambda tx, g, s, p: tx.update(g, s, p), static_argnums=0)
-    for _ in range(3):  # later steps run on moments both have built up alike
+    for _ in range(2):  # the second step runs on moments both have built up alike
         grads = jax.tree.map(lambda x: normal(*x.shape), PARAMS)
         expected, plain_state = update(plain, grads, plain_state, PARAMS)
         updates, plus_state = update(plus, grads, plus_state, PARAMS)
