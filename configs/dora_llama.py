@@ -10,6 +10,14 @@ Overrides: --config.adapter.rank=32 --config.adapter.alpha=64 --config.optimizer
 from configs import common
 
 
+# What each preset runs (DoRA on LoRA's settings).
+SETTINGS = {
+    "llama2_7b": dict(rank=8, alpha=16.0, learning_rate=2e-5),
+    "gsm8k": dict(rank=8, alpha=16.0, learning_rate=5e-4),
+    "embedded": dict(rank=8, alpha=16.0, learning_rate=5e-4),
+    "tiny": dict(rank=4, alpha=8.0, learning_rate=5e-4),
+}
+
+
 def get_config(preset=None):
-    return common.get_config(preset, method="dora", rank=8, alpha=16.0, learning_rate=2e-5,
-                             small_model_learning_rate=5e-4)
+    return common.get_config(preset, method="dora", settings=SETTINGS)

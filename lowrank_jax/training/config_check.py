@@ -65,6 +65,10 @@ def check_config(config: ml_collections.ConfigDict) -> str:
     _require(not (full and o.name in LORAPRO_OPTIMIZERS),
              f"optimizer.name={o.name!r} adjusts low-rank factors, but train.trainable='all' trains no adapters; "
              "use optimizer.name='adamw' for full fine-tuning, or train.trainable='adapters'")
+    ratio = o.loraplus_ratio
+    _require(ratio is None or (ratio > 0 and not full and config.adapter.method != "inttune"),
+             f"optimizer.loraplus_ratio={ratio} scales lora_b's updates: it must be > 0 and needs a method whose B "
+             "trains (not train.trainable='all' or inttune); leave it unset to turn LoRA+ off")
     _require(o.schedule in SCHEDULES, f"optimizer.schedule={o.schedule!r}: choose one of {SCHEDULES}")
     _require(o.learning_rate > 0, f"optimizer.learning_rate={o.learning_rate} must be > 0")
     _require(0 <= o.warmup_ratio < 1, f"optimizer.warmup_ratio={o.warmup_ratio} must be in [0, 1)")
