@@ -1,8 +1,8 @@
 """lowrank-jax: low-rank fine-tuning of LLMs in JAX / Flax NNX.
 
-The public entry points: `adapt` / `merge` / `export_peft` (adapters as module transforms, NLoRA paper) and
-`lorapro` / `lorapro_adamw` (LoRA-Pro as optax transforms), `loraplus` (LoRA+). Models live in `lowrank_jax.models`, the training loop
-in `lowrank_jax.training.loop`.
+The public entry points: `adapt` / `merge` / `export_peft` (adapters as module transforms) and `lorapro` /
+`lorapro_adamw` / `loraplus` (LoRA-Pro and LoRA+ as optax transforms). Models live in `lowrank_jax.models`, the
+training loop in `lowrank_jax.training.loop`.
 """
 
 from lowrank_jax.adapters import AdapterConfig, adapt, merge
