@@ -307,3 +307,20 @@ def test_parameters_have_contract_paths_shapes_and_logical_axes():
         assert set(axes) <= set(LOGICAL_AXES)
     tied = nnx.state(Llama(cfg.replace(model_type="llama", attention_bias=False, tie_word_embeddings=True)))
     assert "lm_head" not in tied and "bias" not in tied["layers"]["self_attn"]["q_proj"]
+
+
+def test_family_parameters_have_hf_named_paths_and_logical_axes():
+    """Qwen3 / Gemma 3 add q/k norms (over head_dim) and Gemma 3 the norms around the MLP; Phi-3 keeps q/k/v and
+    gate/up as separate kernels (split from its fused checkpoint tensors)."""
+    def flat(name):
+        params = nnx.state(Llama(LlamaConfig.from_hf({**TINY, **CASES[name]})), nnx.Param)
+        return {".".join(map(str, path)): var for path, var in nnx.to_flat_state(params)}
+
+    gemma, phi3 = flat("gemma3_local_global_logit_softcap"), flat("phi3_fused_sliding_window")
+    for path in ("layers.self_attn.q_norm.scale", "layers.self_attn.k_norm.scale"):
+        assert (gemma[path].shape, tuple(gemma[path].get_metadata()["out_sharding"])) == ((2, 32), ("layers", "norm"))
+    assert {"layers.pre_feedforward_layernorm.scale", "layers.post_feedforward_layernorm.scale"} <= set(gemma)
+    assert "lm_head.kernel" not in gemma and not gemma["norm.scale"][...].any()  # tied head, (1 + w) norms at w = 0
+    assert "layers.self_attn.q_norm.scale" in flat("qwen3_qk_norm_gqa")
+    assert {"layers.self_attn.v_proj.kernel", "layers.mlp.gate_proj.kernel"} <= set(phi3)
+    assert not any("norm" in path and "self_attn" in path for path in phi3)

@@ -87,10 +87,11 @@ class Attention(nnx.Module):
         if isinstance(mask, PackedSegments):
             out = packed_causal_attention(q, k, v, mask)
         elif layer_cache is None:
-            if window is not None:
-                mask = _and(mask, _causal(jnp.arange(seq), jnp.arange(seq), window))
+            implementation = self.implementation
+            if window is not None:  # a traced window: only an explicit mask, which XLA's kernel takes, expresses it
+                mask, implementation = _and(mask, _causal(jnp.arange(seq), jnp.arange(seq), window)), "xla"
             out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=self.scale, is_causal=window is None,
-                                               implementation=self.implementation)
+                                               implementation=implementation)
         else:
             cached_k, cached_v = layer_cache
             start = (0, write_index, 0, 0)

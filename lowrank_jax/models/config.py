@@ -50,7 +50,8 @@ class LlamaConfig:
 
     Runtime fields: `dtype` is the compute dtype and `param_dtype` the stored one ('float32' | 'bfloat16');
     `scan_layers` scans the stacked decoder layers (False: a Python loop over the same stacked state);
-    `remat` is one of REMAT_POLICIES; `attention_impl` is 'xla' (any device) or 'cudnn' (GPU, bfloat16).
+    `remat` is one of REMAT_POLICIES; `attention_impl` is 'xla' (any device) or 'cudnn' (GPU, bfloat16); models with
+    sliding-window layers run XLA's attention there (the window is a traced per-layer value, cuDNN's a static one).
 
     Example:
         >>> cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
@@ -142,9 +143,6 @@ class LlamaConfig:
         if self.attention_impl == "cudnn" and self.dtype != "bfloat16":
             raise ValueError("attention_impl='cudnn' needs dtype='bfloat16' (cuDNN flash attention has no float32 "
                              "kernel); use attention_impl='xla' for float32.")
-        if self.attention_impl == "cudnn" and self.has_sliding_layers:
-            raise ValueError("attention_impl='cudnn' computes full causal attention only; this model has "
-                             "sliding-window layers: use attention_impl='xla'.")
 
     def _validate_attention_pattern(self):
         if self.layer_types is not None:

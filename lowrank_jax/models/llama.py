@@ -124,8 +124,8 @@ class Llama(nnx.Module):
             positions: (batch, seq) rotary positions; default: restart per segment when `segment_ids` is given,
                 else the count of real tokens before each token (so left padding is handled).
             segment_ids: (batch, seq) int, 0 = padding; attention stays inside a segment (packed sequences), each
-                segment contiguous. With attention_impl='cudnn' they go to cuDNN as offsets and lengths
-                (`packed_attention.py`).
+                segment contiguous. With attention_impl='cudnn' (and no sliding-window layer) they go to cuDNN as
+                offsets and lengths (`packed_attention.py`).
 
         Returns:
             (batch, seq, vocab) float32 logits; values at padding positions are meaningless.
@@ -138,7 +138,8 @@ class Llama(nnx.Module):
                 positions = positions_from_attention_mask(attention_mask)
             else:
                 positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1], dtype=jnp.int32), input_ids.shape)
-        if self.config.attention_impl == "cudnn" and segment_ids is not None and attention_mask is None:
+        if (self.config.attention_impl == "cudnn" and segment_ids is not None and attention_mask is None
+                and not self.config.has_sliding_layers):
             mask = packed_segments(segment_ids)
         else:
             mask = padding_and_segment_mask(attention_mask, segment_ids)
