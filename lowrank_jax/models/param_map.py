@@ -267,9 +267,8 @@ def expected_hf_shapes(config: Any, nnx_shapes: Mapping[NNXPath, tuple[int, ...]
         slice_shape = leaf_shape[1:] if rule.stacked else leaf_shape
         hf_shape = tuple(reversed(slice_shape)) if rule.transpose else tuple(slice_shape)
         for name in rule.hf_names(config.num_hidden_layers):
-            if rule.rows is not None and name in shapes:  # a further block of a fused tensor: more rows
-                hf_shape = (shapes[name][0] + hf_shape[0], *hf_shape[1:])
-            shapes[name] = hf_shape
+            rows = hf_shape[0] + (shapes[name][0] if rule.rows is not None and name in shapes else 0)
+            shapes[name] = (rows, *hf_shape[1:])  # a further block of a fused tensor adds rows
     return shapes
 
 
