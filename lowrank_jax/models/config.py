@@ -37,8 +37,9 @@ class LlamaConfig:
 
     Defaults give a Llama-2-7B-shaped model. `num_key_value_heads=None` means multi-head attention and
     `head_dim=None` means `hidden_size // num_attention_heads`; both are resolved on construction.
-    `rope_scaling` is None or a llama3 dict with keys `rope_type='llama3'`, `factor`, `low_freq_factor`,
-    `high_freq_factor`, `original_max_position_embeddings`. `attention_bias` means q/k/v biases (Qwen2 only).
+    `rope_scaling` is None, a llama3 dict with keys `rope_type='llama3'`, `factor`, `low_freq_factor`,
+    `high_freq_factor`, `original_max_position_embeddings`, or a linear one `{'rope_type': 'linear', 'factor'}`
+    (Gemma 3's global layers). `attention_bias` means q/k/v biases (Qwen2 only).
 
     Per-family settings: `model_type` also fixes q/k RMSNorm (qwen3, gemma3_text) and Gemma's layout (scaled
     embeddings, (1 + w) RMSNorms, norms before and after attention and MLP). `layer_types` lists each layer's
@@ -101,7 +102,7 @@ class LlamaConfig:
         if isinstance(self.eos_token_id, (list, tuple)):
             object.__setattr__(self, "eos_token_id", tuple(int(t) for t in self.eos_token_id))
         if self.rope_scaling is not None:
-            object.__setattr__(self, "rope_scaling", _llama3_rope_scaling(self.rope_scaling))
+            object.__setattr__(self, "rope_scaling", _rope_scaling(self.rope_scaling))
         if self.layer_types is not None:
             object.__setattr__(self, "layer_types", tuple(self.layer_types))
         elif self.sliding_window is not None:
@@ -214,7 +215,7 @@ class LlamaConfig:
 
         Raises:
             ValueError: for a variant this implementation does not compute exactly (another model_type,
-                sliding-window attention, a rope type other than default/llama3, biases other than Qwen2's
+                a rope type other than default/llama3/linear, biases other than Qwen2's
                 q/k/v, an activation other than silu, ...), naming what is supported.
         """
         unknown = set(runtime) - set(RUNTIME_FIELDS)
@@ -391,7 +392,7 @@ def _attention_pattern(hf: Mapping[str, Any], model_type: str) -> tuple[int | No
 
 
 def _rope_settings(hf: Mapping[str, Any]) -> tuple[float, dict | None]:
-    """(rope_theta, llama3 rope_scaling or None) from either rope layout of a config.json dict."""
+    """(rope_theta, llama3 / linear rope_scaling or None) from either rope layout of a config.json dict."""
     params = hf.get("rope_parameters")
     if params is not None:
         if "rope_theta" not in params:
@@ -405,7 +406,7 @@ def _rope_settings(hf: Mapping[str, Any]) -> tuple[float, dict | None]:
     rope_type = scaling.get("rope_type", scaling.get("type", "default"))
     if rope_type == "default":
         return float(theta), None
-    return float(theta), _llama3_rope_scaling(scaling)
+    return float(theta), _rope_scaling(scaling)
 
 
 def _gemma3_rope_settings(hf: Mapping[str, Any]) -> tuple[float, dict | None, float]:
@@ -422,12 +423,16 @@ def _gemma3_rope_settings(hf: Mapping[str, Any]) -> tuple[float, dict | None, fl
     return theta, scaling, float(hf.get("rope_local_base_freq", 10000.0))
 
 
-def _llama3_rope_scaling(scaling: Mapping[str, Any]) -> dict:
-    """The canonical llama3 rope_scaling dict, or a ValueError naming the supported rope types."""
+def _rope_scaling(scaling: Mapping[str, Any]) -> dict:
+    """The canonical llama3 or linear rope_scaling dict, or a ValueError naming the supported rope types."""
     rope_type = scaling.get("rope_type", scaling.get("type"))
+    if rope_type == "linear":
+        if not scaling.get("factor", 0) > 0:
+            raise ValueError(f"linear rope scaling needs a factor > 0, got {scaling.get('factor')!r}.")
+        return {"rope_type": "linear", "factor": scaling["factor"]}
     if rope_type != "llama3":
-        raise ValueError(f"rope type {rope_type!r} is not supported; supported: 'default' (rope_scaling null) and "
-                         "'llama3'.")
+        raise ValueError(f"rope type {rope_type!r} is not supported; supported: 'default' (rope_scaling null), "
+                         "'llama3' and 'linear'.")
     missing = [k for k in LLAMA3_ROPE_KEYS if k not in scaling]
     if missing:
         raise ValueError(f"llama3 rope scaling lacks {missing}; it needs {LLAMA3_ROPE_KEYS}.")

@@ -101,9 +101,13 @@ class _Metadata:
     def hf_config(self, tensor_names) -> dict[str, Any]:
         """The transformers config.json dict the metadata describes; `tensor_names` are the file's HF names."""
         keys = gguf.Keys
-        rope_scaling = self.get(keys.Rope.SCALING_TYPE, default="none")
-        if rope_scaling != "none":
-            raise ValueError(f"{self.path}: GGUF rope scaling {rope_scaling!r} is not supported; supported: none.")
+        scaling_type = self.get(keys.Rope.SCALING_TYPE, default="none")
+        if scaling_type not in ("none", "linear"):
+            raise ValueError(f"{self.path}: GGUF rope scaling {scaling_type!r} is not supported; supported: none, "
+                             "linear.")
+        rope_scaling = None
+        if scaling_type == "linear":
+            rope_scaling = {"rope_type": "linear", "factor": self.get(keys.Rope.SCALING_FACTOR)}
         heads = self.get(keys.Attention.HEAD_COUNT)
         hidden = self.get(keys.LLM.EMBEDDING_LENGTH)
         head_dim = self.get(keys.Attention.KEY_LENGTH, default=hidden // heads)
@@ -136,6 +140,7 @@ class _Metadata:
             "head_dim": head_dim,
             "rms_norm_eps": self.get(keys.Attention.LAYERNORM_RMS_EPS),
             "rope_theta": self.get(keys.Rope.FREQ_BASE, default=10000.0),
+            "rope_scaling": rope_scaling,
             "max_position_embeddings": self.get(keys.LLM.CONTEXT_LENGTH),
             "tie_word_embeddings": "lm_head.weight" not in tensor_names,
             "attention_bias": "model.layers.0.self_attn.q_proj.bias" in tensor_names,
