@@ -22,6 +22,14 @@ TRANSFORMERS_CONFIGS = {
                                                  rope_parameters=dict(rope_type="default", rope_theta=1e6))),
     "qwen2": (transformers.Qwen2Config, dict(num_key_value_heads=1, tie_word_embeddings=True, pad_token_id=3,
                                              rope_parameters=dict(rope_type="default", rope_theta=1e6))),
+    "mistral_sliding": (transformers.MistralConfig, dict(num_key_value_heads=2, sliding_window=4096)),
+    "qwen2_sliding": (transformers.Qwen2Config, dict(num_key_value_heads=4, use_sliding_window=True, sliding_window=64,
+                                                     max_window_layers=1)),
+    "qwen3": (transformers.Qwen3Config, dict(num_key_value_heads=2, head_dim=32, tie_word_embeddings=True)),
+    "phi3": (transformers.Phi3Config, dict(num_key_value_heads=2, sliding_window=2047, pad_token_id=None)),
+    "gemma3": (transformers.Gemma3TextConfig, dict(num_key_value_heads=1, head_dim=32, sliding_window=512,
+                                                   query_pre_attn_scalar=24, final_logit_softcapping=30.0,
+                                                   sliding_window_pattern=2)),
 }
 
 
@@ -30,10 +38,14 @@ def test_reads_transformers_configs_and_writes_dicts_transformers_loads(name, tm
     hf_class, kwargs = TRANSFORMERS_CONFIGS[name]
     reference = hf_class(**SHAPE, **kwargs)
     cfg = LlamaConfig.from_hf(reference.to_dict())
-    assert (cfg.model_type, cfg.attention_bias) == (reference.model_type, name == "qwen2")
+    assert (cfg.model_type, cfg.attention_bias) == (reference.model_type, name.startswith("qwen2"))
     assert cfg.num_key_value_heads == reference.num_key_value_heads
     assert cfg.head_dim == kwargs.get("head_dim", SHAPE["hidden_size"] // SHAPE["num_attention_heads"])
-    assert cfg.rope_theta == reference.rope_parameters["rope_theta"]
+    assert cfg.rope_theta == reference.rope_parameters.get("full_attention", reference.rope_parameters)["rope_theta"]
+    assert cfg.sliding_window == getattr(reference, "sliding_window", None)
+    reference_layer_types = getattr(reference, "layer_types", None) or (
+        ["sliding_attention"] * SHAPE["num_hidden_layers"] if cfg.sliding_window else None)
+    assert cfg.layer_types == (tuple(reference_layer_types) if cfg.sliding_window else None)
     assert cfg.rope_scaling == (LLAMA3 if name == "llama3" else None)
     assert cfg.tie_word_embeddings == reference.tie_word_embeddings
     assert cfg.rms_norm_eps == reference.rms_norm_eps and cfg.pad_token_id == reference.pad_token_id
@@ -48,7 +60,9 @@ def test_reads_transformers_configs_and_writes_dicts_transformers_loads(name, tm
                   "rope_parameters", "bos_token_id", "eos_token_id", "pad_token_id"):
         expected = getattr(reference, field) if hasattr(reference, field) else cfg.head_dim  # Qwen2: no head_dim
         assert getattr(loaded, field) == expected, field
-    assert getattr(loaded, "sliding_window", None) is None
+    for field in ("sliding_window", "layer_types", "query_pre_attn_scalar", "final_logit_softcapping",
+                  "hidden_activation", "use_sliding_window"):
+        assert getattr(loaded, field, None) == getattr(reference, field, None), field
     assert LlamaConfig.from_hf(loaded.to_dict()) == cfg
 
 
@@ -75,11 +89,24 @@ def test_runtime_fields_and_hashing():
 @pytest.mark.parametrize("change, message", [
     (dict(model_type="gemma"), "supported model types"),
     (dict(model_type=None), "supported model types"),
-    (dict(model_type="mistral", sliding_window=4096), "sliding_window=4096"),
-    (dict(model_type="qwen2", use_sliding_window=True, sliding_window=4096), "use_sliding_window"),
-    (dict(model_type="qwen2", layer_types=["full_attention", "sliding_attention"]), "layer_types"),
+    (dict(model_type="qwen3_moe"), "mixture-of-experts"),
+    (dict(model_type="mixtral"), "mixture-of-experts"),
+    (dict(model_type="qwen2", layer_types=["full_attention", "sliding_attention"]), "use_sliding_window is false"),
+    (dict(model_type="mistral", sliding_window=8, layer_types=["full_attention", "sliding_attention"]),
+     "applies sliding_window to every layer"),
+    (dict(model_type="qwen3", attention_bias=True), "attention_bias=True for model_type 'qwen3'"),
+    (dict(model_type="phi3", resid_pdrop=0.1), "resid_pdrop"),
+    (dict(model_type="phi3", rope_parameters=dict(rope_type="longrope", rope_theta=1e4)), "'longrope' is not"),
+    (dict(model_type="phi3", partial_rotary_factor=0.75), "partial_rotary"),
+    (dict(model_type="gemma3_text", attn_logit_softcapping=50.0), "attn_logit_softcapping"),
+    (dict(model_type="gemma3_text", hidden_activation="gelu"), "hidden_activation"),
+    (dict(model_type="gemma3_text", use_bidirectional_attention=True), "use_bidirectional_attention"),
+    (dict(model_type="gemma3_text", rope_parameters=dict(
+        full_attention=dict(rope_type="yarn", factor=8.0, rope_theta=1e6),
+        sliding_attention=dict(rope_type="default", rope_theta=1e4))), "'yarn' is not supported"),
     (dict(rope_parameters=dict(rope_type="yarn", factor=4.0, rope_theta=1e4)), "'yarn' is not supported"),
-    (dict(rope_scaling=dict(type="linear", factor=2.0)), "'linear' is not supported"),
+    (dict(rope_scaling=dict(type="dynamic", factor=2.0)), "'dynamic' is not supported"),
+    (dict(rope_scaling=dict(type="linear")), "linear rope scaling needs a factor"),
     (dict(rope_parameters=dict(rope_type="llama3", factor=8.0, rope_theta=1e4)), "lacks"),
     (dict(rope_parameters=dict(rope_type="default", rope_theta=1e4, partial_rotary_factor=0.5)), "partial_rotary"),
     (dict(attention_bias=True), "o_proj"),

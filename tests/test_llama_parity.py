@@ -1,7 +1,8 @@
 """Parity of the NNX Llama family with transformers' PyTorch models (CPU, float32), and of its execution modes.
 
-Random models with weights ~ N(0, 0.2²) (norm scales 1 + N(0, 0.2²)) and 64+ tokens, so that RoPE layout, GQA
-grouping, rope theta/scaling, eps and bias errors all show up far above the 1e-4 tolerance.
+Random models with weights ~ N(0, 0.2²) (norm scales 1 + N(0, 0.2²), Gemma's (1 + w) norms w ~ N(0, 0.2²)) and
+64+ tokens, so that RoPE layout, GQA grouping, rope theta/scaling, eps, bias, q/k norm, sliding-window (16 tokens)
+and soft-capping errors all show up far above the 1e-4 tolerance.
 """
 
 import copy
@@ -17,6 +18,7 @@ from flax import nnx
 
 from lowrank_jax.models import Llama, LlamaConfig, generate
 from lowrank_jax.models.axes import LOGICAL_AXES
+from lowrank_jax.models.param_map import nnx_leaves_from_hf
 
 TOL = 1e-4
 SEQ = 72
@@ -35,6 +37,21 @@ CASES = {
                              tie_word_embeddings=False, rms_norm_eps=1e-6),
     "mistral_gqa": dict(model_type="mistral", num_attention_heads=4, num_key_value_heads=2, rope_theta=1e6,
                         sliding_window=None, tie_word_embeddings=False, rms_norm_eps=1e-5),
+    "qwen3_qk_norm_gqa": dict(model_type="qwen3", num_attention_heads=4, num_key_value_heads=2, head_dim=24,
+                              rope_theta=1e6, tie_word_embeddings=True, rms_norm_eps=1e-6),
+    "qwen3_sliding_upper_layer": dict(model_type="qwen3", num_attention_heads=4, num_key_value_heads=2,
+                                      use_sliding_window=True, sliding_window=16, max_window_layers=1,
+                                      tie_word_embeddings=False),
+    "mistral_sliding_window": dict(model_type="mistral", num_attention_heads=4, num_key_value_heads=2,
+                                   sliding_window=16, tie_word_embeddings=False, rms_norm_eps=1e-5),
+    "phi3_fused_sliding_window": dict(model_type="phi3", num_attention_heads=4, num_key_value_heads=2,
+                                      sliding_window=16, tie_word_embeddings=False, rms_norm_eps=1e-5),
+    "gemma3_local_global_linear_rope_softcap": dict(
+        model_type="gemma3_text", num_attention_heads=4, num_key_value_heads=1, head_dim=32,
+        layer_types=["sliding_attention", "full_attention"], sliding_window=16, query_pre_attn_scalar=24,
+        final_logit_softcapping=3.0, tie_word_embeddings=True,
+        rope_parameters=dict(full_attention=dict(rope_type="linear", factor=4.0, rope_theta=1e6),
+                             sliding_attention=dict(rope_type="default", rope_theta=1e4))),
 }
 
 
@@ -45,36 +62,25 @@ def _highest_matmul_precision():
 
 
 def random_torch_model(hf_dict: dict, seed: int = 0) -> torch.nn.Module:
-    """A transformers causal LM with every weight ~ N(0, 0.2²), norm scales 1 + N(0, 0.2²)."""
+    """A transformers causal LM with every weight ~ N(0, 0.2²), norm scales 1 + N(0, 0.2²) (Gemma's (1 + w) norms:
+    w ~ N(0, 0.2²)); eager attention (the reference implementation)."""
     torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**hf_dict)).eval()
+    model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**hf_dict),
+                                                          attn_implementation="eager").eval()
+    norm_offset = 0.0 if hf_dict["model_type"] == "gemma3_text" else 1.0
     with torch.no_grad():
         for name, param in model.named_parameters():
-            param.copy_(torch.randn_like(param) * 0.2 + (1.0 if "norm" in name else 0.0))
+            param.copy_(torch.randn_like(param) * 0.2 + (norm_offset if "norm" in name else 0.0))
     return model
 
 
 def copy_torch_weights(model: Llama, torch_model: torch.nn.Module) -> None:
-    """Writes HF weights into the NNX model: Linear (out, in) -> kernel (in, out), layers stacked on axis 0."""
+    """Writes HF weights into the NNX model through the checkpoint table (split fused tensors, transpose, stack)."""
     weights = {k: v.detach().numpy() for k, v in torch_model.state_dict().items()}
-    layers = model.config.num_hidden_layers
-
-    def stacked(name):
-        return np.stack([weights[f"model.layers.{i}.{name}"] for i in range(layers)])
-
-    model.embed_tokens.embedding[...] = weights["model.embed_tokens.weight"]
-    for group, names in (("self_attn", ("q_proj", "k_proj", "v_proj", "o_proj")),
-                         ("mlp", ("gate_proj", "up_proj", "down_proj"))):
-        for name in names:
-            linear = getattr(getattr(model.layers, group), name)
-            linear.kernel[...] = stacked(f"{group}.{name}.weight").transpose(0, 2, 1)
-            if linear.bias is not None:
-                linear.bias[...] = stacked(f"{group}.{name}.bias")
-    model.layers.input_layernorm.scale[...] = stacked("input_layernorm.weight")
-    model.layers.post_attention_layernorm.scale[...] = stacked("post_attention_layernorm.weight")
-    model.norm.scale[...] = weights["model.norm.weight"]
-    if not model.config.tie_word_embeddings:
-        model.lm_head.kernel[...] = weights["lm_head.weight"].T
+    variables = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    specs = {path: variable.get_value() for path, variable in variables.items()}
+    for path, leaf in nnx_leaves_from_hf(weights.__getitem__, model.config, specs):
+        variables[path].set_value(jnp.asarray(leaf))
 
 
 def torch_logits(torch_model, ids: np.ndarray) -> np.ndarray:
@@ -301,3 +307,20 @@ def test_parameters_have_contract_paths_shapes_and_logical_axes():
         assert set(axes) <= set(LOGICAL_AXES)
     tied = nnx.state(Llama(cfg.replace(model_type="llama", attention_bias=False, tie_word_embeddings=True)))
     assert "lm_head" not in tied and "bias" not in tied["layers"]["self_attn"]["q_proj"]
+
+
+def test_family_parameters_have_hf_named_paths_and_logical_axes():
+    """Qwen3 / Gemma 3 add q/k norms (over head_dim) and Gemma 3 the norms around the MLP; Phi-3 keeps q/k/v and
+    gate/up as separate kernels (split from its fused checkpoint tensors)."""
+    def flat(name):
+        params = nnx.state(Llama(LlamaConfig.from_hf({**TINY, **CASES[name]})), nnx.Param)
+        return {".".join(map(str, path)): var for path, var in nnx.to_flat_state(params)}
+
+    gemma, phi3 = flat("gemma3_local_global_linear_rope_softcap"), flat("phi3_fused_sliding_window")
+    for path in ("layers.self_attn.q_norm.scale", "layers.self_attn.k_norm.scale"):
+        assert (gemma[path].shape, tuple(gemma[path].get_metadata()["out_sharding"])) == ((2, 32), ("layers", "norm"))
+    assert {"layers.pre_feedforward_layernorm.scale", "layers.post_feedforward_layernorm.scale"} <= set(gemma)
+    assert "lm_head.kernel" not in gemma and not gemma["norm.scale"][...].any()  # tied head, (1 + w) norms at w = 0
+    assert "layers.self_attn.q_norm.scale" in flat("qwen3_qk_norm_gqa")
+    assert {"layers.self_attn.v_proj.kernel", "layers.mlp.gate_proj.kernel"} <= set(phi3)
+    assert not any("norm" in path and "self_attn" in path for path in phi3)

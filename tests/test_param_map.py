@@ -1,5 +1,6 @@
-"""The HF <-> NNX mapping table: names and shapes against transformers' PyTorch models, exact round trips, GGUF
-names against the gguf package's own llama.cpp name map, and the Q/K un-permutation against its index definition.
+"""The HF <-> NNX mapping table: names and shapes against transformers' PyTorch models, exact round trips (Phi-3's
+fused tensors split and re-fused), GGUF names against the gguf package's own llama.cpp name map, and the Q/K
+un-permutation against its index definition.
 """
 
 import gguf
@@ -17,6 +18,9 @@ TINY = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_laye
 TORCH_CONFIGS = {
     "llama_untied_head_dim": transformers.LlamaConfig(**TINY, head_dim=12, tie_word_embeddings=False),
     "qwen2_tied_biases": transformers.Qwen2Config(**TINY, tie_word_embeddings=True),
+    "qwen3_qk_norm": transformers.Qwen3Config(**TINY, head_dim=12, tie_word_embeddings=False),
+    "phi3_fused": transformers.Phi3Config(**TINY, pad_token_id=None),
+    "gemma3_sandwich_norms": transformers.Gemma3TextConfig(**TINY, head_dim=16),
 }
 
 
@@ -60,6 +64,24 @@ def test_table_round_trip_is_exact(name):
                                   leaves[("layers", "mlp", "down_proj", "kernel")][2].T)
 
 
+def test_phi3_fused_tensors_are_the_projections_stacked_by_rows():
+    """transformers' Phi3Attention splits qkv_proj's output as [q | k | v] and Phi3MLP gate_up_proj's as [gate | up]."""
+    config = LlamaConfig.from_hf(TORCH_CONFIGS["phi3_fused"].to_dict())
+    specs = _nnx_specs(config)
+    rng = np.random.default_rng(2)
+    leaves = {path: rng.standard_normal(spec.shape).astype(spec.dtype) for path, spec in specs.items()}
+    hf = dict(hf_tensors_from_nnx(leaves, config))
+    assert "model.layers.1.self_attn.q_proj.weight" not in hf
+
+    def kernel(group, name):
+        return leaves[("layers", group, name, "kernel")][1].T
+
+    np.testing.assert_array_equal(hf["model.layers.1.self_attn.qkv_proj.weight"], np.concatenate(
+        [kernel("self_attn", "q_proj"), kernel("self_attn", "k_proj"), kernel("self_attn", "v_proj")]))
+    np.testing.assert_array_equal(hf["model.layers.1.mlp.gate_up_proj.weight"],
+                                  np.concatenate([kernel("mlp", "gate_proj"), kernel("mlp", "up_proj")]))
+
+
 def test_round_trip_converts_dtype_per_tensor():
     config = LlamaConfig.from_hf(TORCH_CONFIGS["llama_untied_head_dim"].to_dict(), param_dtype="bfloat16")
     specs = _nnx_specs(config)
@@ -92,14 +114,17 @@ def test_every_hf_name_parses_back_to_its_rule():
 
 
 @pytest.mark.parametrize("arch, name", [(gguf.MODEL_ARCH.LLAMA, "llama_untied_head_dim"),
-                                        (gguf.MODEL_ARCH.QWEN2, "qwen2_tied_biases")])
+                                        (gguf.MODEL_ARCH.QWEN2, "qwen2_tied_biases"),
+                                        (gguf.MODEL_ARCH.QWEN3, "qwen3_qk_norm"),
+                                        (gguf.MODEL_ARCH.PHI3, "phi3_fused"),
+                                        (gguf.MODEL_ARCH.GEMMA3, "gemma3_sandwich_norms")])
 def test_gguf_names_match_llama_cpp_name_map(arch, name):
     hf_names = list(_torch_shapes(TORCH_CONFIGS[name]))
     llama_cpp_map = gguf.get_tensor_name_map(arch, TINY["num_hidden_layers"])
     for hf_name in hf_names:
         gguf_name = llama_cpp_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         assert gguf_name is not None, hf_name
-        assert hf_name_from_gguf(gguf_name) == hf_name
+        assert hf_name_from_gguf(gguf_name, gguf.MODEL_ARCH_NAMES[arch]) == hf_name
     assert hf_name_from_gguf("rope_freqs.weight") is None
 
 

@@ -24,10 +24,17 @@ TOL = 1e-4
 SEQ = 64
 TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=256, bos_token_id=1, eos_token_id=2)
+# Keyed by llama.cpp's GGUF architecture name.
 TORCH_CONFIGS = {
     "llama": transformers.LlamaConfig(**TINY, head_dim=24, rope_theta=5e5, rms_norm_eps=1e-5,
                                       tie_word_embeddings=False),
     "qwen2": transformers.Qwen2Config(**TINY, rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True),
+    "qwen3": transformers.Qwen3Config(**TINY, head_dim=24, rope_theta=1e6, rms_norm_eps=1e-6,
+                                      tie_word_embeddings=True),
+    "phi3": transformers.Phi3Config(**TINY, sliding_window=16, pad_token_id=None, tie_word_embeddings=False),
+    # llama.cpp's Gemma 3 defaults: every 6th layer global (none of 2 here), queries scaled by head_dim ** -0.5.
+    "gemma3": transformers.Gemma3TextConfig(**TINY, head_dim=16, query_pre_attn_scalar=16, sliding_window=16,
+                                            final_logit_softcapping=None),
 }
 
 
@@ -38,12 +45,14 @@ def _highest_matmul_precision():
 
 
 def random_torch_model(torch_config, seed=0):
-    """A transformers causal LM with weights ~ N(0, 0.2²) and norm scales 1 + N(0, 0.2²)."""
+    """A transformers causal LM with weights ~ N(0, 0.2²) and norm scales 1 + N(0, 0.2²) (Gemma's (1 + w) norms:
+    w ~ N(0, 0.2²))."""
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(torch_config).eval()
+    norm_offset = 0.0 if torch_config.model_type == "gemma3_text" else 1.0
     with torch.no_grad():
         for name, param in model.named_parameters():
-            param.copy_(torch.randn_like(param) * 0.2 + (1.0 if "norm" in name else 0.0))
+            param.copy_(torch.randn_like(param) * 0.2 + (norm_offset if "norm" in name else 0.0))
     return model
 
 
@@ -84,8 +93,8 @@ def llama_cpp_permute(weights, num_heads):
 
 def write_llama_cpp_gguf(path, torch_model, arch):
     """Writes `torch_model` as llama.cpp's converter would: its tensor names and metadata keys (via the gguf
-    package's own name map and writer), Q/K rows permuted for arch `llama`, embeddings F16, MLP weights Q8_0, the
-    rest F32.
+    package's own name map and writer), Q/K rows permuted for arch `llama`, Gemma's norm weights stored as 1 + w,
+    embeddings F16, MLP weights Q8_0, the rest F32.
 
     Returns:
         The HF state dict as the file holds it (after F16 / Q8_0 rounding), in HF row order.
@@ -102,7 +111,9 @@ def write_llama_cpp_gguf(path, torch_model, arch):
     writer.add_key_length(head_dim)
     writer.add_value_length(head_dim)
     writer.add_rope_dimension_count(head_dim)
-    writer.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    writer.add_rope_freq_base(global_rope_theta(cfg))
+    if getattr(cfg, "sliding_window", None) is not None:
+        writer.add_sliding_window(cfg.sliding_window)
     writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     writer.add_tokenizer_model("gpt2")
     writer.add_token_list([f"tok{i}" for i in range(cfg.vocab_size)])
@@ -120,6 +131,8 @@ def write_llama_cpp_gguf(path, torch_model, arch):
         if "embed_tokens" in hf_name:
             weights = weights.astype(np.float16)
         held[hf_name] = weights.astype(np.float32)
+        if arch == "gemma3" and "norm" in hf_name:
+            weights = weights + np.float32(1.0)
         if arch == "llama" and "q_proj" in hf_name:
             weights = llama_cpp_permute(weights, cfg.num_attention_heads)
         elif arch == "llama" and "k_proj" in hf_name:
@@ -130,6 +143,11 @@ def write_llama_cpp_gguf(path, torch_model, arch):
     writer.write_tensors_to_file()
     writer.close()
     return held
+
+
+def global_rope_theta(torch_config) -> float:
+    params = torch_config.rope_parameters
+    return params.get("full_attention", params)["rope_theta"]
 
 
 @pytest.fixture(scope="module")
@@ -211,8 +229,11 @@ def test_gguf_in_llama_cpp_convention_matches_transformers(arch, tmp_path, input
 
     cfg = torch_model.config
     assert (config.model_type, config.head_dim, config.num_key_value_heads, config.tie_word_embeddings) == (
-        arch, cfg.head_dim if arch == "llama" else 16, cfg.num_key_value_heads, cfg.tie_word_embeddings)
-    assert (config.rope_theta, config.bos_token_id, config.eos_token_id) == (cfg.rope_parameters["rope_theta"], 1, 2)
+        cfg.model_type, getattr(cfg, "head_dim", None) or 16, cfg.num_key_value_heads, cfg.tie_word_embeddings)
+    assert (config.rope_theta, config.bos_token_id, config.eos_token_id) == (global_rope_theta(cfg), 1, 2)
+    assert (config.sliding_window, config.layer_types) == (
+        getattr(cfg, "sliding_window", None), None if config.sliding_window is None else (
+            tuple(getattr(cfg, "layer_types", None) or ["sliding_attention"] * cfg.num_hidden_layers)))
     error = np.abs(jax_logits(model, input_ids) - torch_logits(torch_model, input_ids)).max()
     assert error <= TOL, error
     same_file_by_name, _ = load_pretrained(tmp_path, gguf_file="tiny.gguf")

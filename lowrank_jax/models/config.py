@@ -1,4 +1,5 @@
-"""The configuration of a Llama-family model: Hugging Face architecture fields plus runtime choices.
+"""The configuration of a Llama-family decoder (Llama, Mistral, Qwen2/3, Phi-3, Gemma 3 text): Hugging Face
+architecture fields plus runtime choices.
 
 `LlamaConfig.from_hf` reads a transformers config.json dict (old or new rope layout) and `to_hf_dict` writes one back.
 """
@@ -10,8 +11,13 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
-HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3_text")
+HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                    "qwen3": "Qwen3ForCausalLM", "phi3": "Phi3ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}
+# Families whose attention normalises q and k per head (RMSNorm over head_dim) before the rotary embedding.
+QK_NORM_MODEL_TYPES = ("qwen3", "gemma3_text")
+HIDDEN_ACTS = ("silu", "gelu_pytorch_tanh")
+LAYER_TYPES = ("full_attention", "sliding_attention")
 DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 ATTENTION_IMPLS = ("xla", "cudnn")
@@ -19,21 +25,34 @@ LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_m
 RUNTIME_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat", "attention_impl")
 _REQUIRED_HF_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 # transformers' class defaults for keys a config.json may omit.
-_HF_MAX_POSITIONS = {"llama": 2048, "mistral": 131072, "qwen2": 32768}
+_HF_MAX_POSITIONS = {"llama": 2048, "mistral": 131072, "qwen2": 32768, "qwen3": 32768, "phi3": 4096,
+                     "gemma3_text": 131072}
+_GEMMA3_SLIDING_WINDOW_PATTERN = 6  # transformers' default: every 6th layer is global
 
 
 @dataclasses.dataclass(frozen=True)
 class LlamaConfig:
-    """Architecture (Hugging Face names) and runtime settings of a Llama / Mistral / Qwen2 decoder.
+    """Architecture (Hugging Face names) and runtime settings of a Llama / Mistral / Qwen2 / Qwen3 / Phi-3 /
+    Gemma 3 (text) decoder.
 
     Defaults give a Llama-2-7B-shaped model. `num_key_value_heads=None` means multi-head attention and
     `head_dim=None` means `hidden_size // num_attention_heads`; both are resolved on construction.
-    `rope_scaling` is None or a llama3 dict with keys `rope_type='llama3'`, `factor`, `low_freq_factor`,
-    `high_freq_factor`, `original_max_position_embeddings`. `attention_bias` means q/k/v biases (Qwen2 only).
+    `rope_scaling` is None, a llama3 dict with keys `rope_type='llama3'`, `factor`, `low_freq_factor`,
+    `high_freq_factor`, `original_max_position_embeddings`, or a linear one `{'rope_type': 'linear', 'factor'}`
+    (Gemma 3's global layers). `attention_bias` means q/k/v biases (Qwen2 only).
+
+    Per-family settings: `model_type` also fixes q/k RMSNorm (qwen3, gemma3_text) and Gemma's layout (scaled
+    embeddings, (1 + w) RMSNorms, norms before and after attention and MLP). `layer_types` lists each layer's
+    'full_attention' or 'sliding_attention' (None: all full; with `sliding_window` set and `layer_types` None,
+    all sliding, as Mistral and Phi-3 do); a sliding layer's query at slot i sees keys at slots > i - sliding_window.
+    `rope_local_theta` is the rope base of sliding layers (Gemma 3; None: `rope_theta`). `query_pre_attn_scalar`
+    scales scores by its -1/2 power (None: head_dim). `final_logit_softcapping` caps logits at c·tanh(x / c)
+    (None: off). `hidden_act` is the gate activation of the MLP.
 
     Runtime fields: `dtype` is the compute dtype and `param_dtype` the stored one ('float32' | 'bfloat16');
     `scan_layers` scans the stacked decoder layers (False: a Python loop over the same stacked state);
-    `remat` is one of REMAT_POLICIES; `attention_impl` is 'xla' (any device) or 'cudnn' (GPU, bfloat16).
+    `remat` is one of REMAT_POLICIES; `attention_impl` is 'xla' (any device) or 'cudnn' (GPU, bfloat16); models with
+    sliding-window layers run XLA's attention there (the window is a traced per-layer value, cuDNN's a static one).
 
     Example:
         >>> cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
@@ -58,6 +77,12 @@ class LlamaConfig:
     tie_word_embeddings: bool = False
     attention_bias: bool = False
     model_type: str = "llama"
+    hidden_act: str = "silu"
+    sliding_window: int | None = None
+    layer_types: tuple[str, ...] | None = None
+    rope_local_theta: float | None = None
+    query_pre_attn_scalar: float | None = None
+    final_logit_softcapping: float | None = None
     bos_token_id: int | None = 1
     eos_token_id: int | tuple[int, ...] | None = 2
     pad_token_id: int | None = None
@@ -77,7 +102,15 @@ class LlamaConfig:
         if isinstance(self.eos_token_id, (list, tuple)):
             object.__setattr__(self, "eos_token_id", tuple(int(t) for t in self.eos_token_id))
         if self.rope_scaling is not None:
-            object.__setattr__(self, "rope_scaling", _llama3_rope_scaling(self.rope_scaling))
+            object.__setattr__(self, "rope_scaling", _rope_scaling(self.rope_scaling))
+        if self.layer_types is not None:
+            object.__setattr__(self, "layer_types", tuple(self.layer_types))
+        elif self.sliding_window is not None:
+            object.__setattr__(self, "layer_types", ("sliding_attention",) * self.num_hidden_layers)
+        if self.layer_types is not None and "sliding_attention" not in self.layer_types:
+            # One canonical form for "every layer full", so equal architectures compare equal.
+            object.__setattr__(self, "layer_types", None)
+            object.__setattr__(self, "sliding_window", None)
         self._validate()
 
     def _validate(self):
@@ -98,6 +131,9 @@ class LlamaConfig:
         if self.attention_bias != (self.model_type == "qwen2"):
             raise ValueError(f"attention_bias={self.attention_bias} with model_type={self.model_type!r}: q/k/v "
                              "biases exist exactly for 'qwen2'; set attention_bias=(model_type == 'qwen2').")
+        if self.hidden_act not in HIDDEN_ACTS:
+            raise ValueError(f"hidden_act={self.hidden_act!r} is not supported; supported: {HIDDEN_ACTS}.")
+        self._validate_attention_pattern()
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in DTYPES:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not supported; use one of {DTYPES}.")
@@ -109,6 +145,27 @@ class LlamaConfig:
             raise ValueError("attention_impl='cudnn' needs dtype='bfloat16' (cuDNN flash attention has no float32 "
                              "kernel); use attention_impl='xla' for float32.")
 
+    def _validate_attention_pattern(self):
+        if self.layer_types is not None:
+            if len(self.layer_types) != self.num_hidden_layers or set(self.layer_types) - set(LAYER_TYPES):
+                raise ValueError(f"layer_types={list(self.layer_types)} must name one of {LAYER_TYPES} for each of "
+                                 f"the num_hidden_layers={self.num_hidden_layers} layers.")
+            if self.has_sliding_layers:
+                _positive_int("sliding_window", self.sliding_window)
+        gemma = self.model_type == "gemma3_text"
+        if (self.hidden_act == "gelu_pytorch_tanh") != gemma:
+            raise ValueError(f"hidden_act={self.hidden_act!r} with model_type={self.model_type!r}: Gemma 3 uses "
+                             "'gelu_pytorch_tanh', the other families 'silu'.")
+        if not gemma:
+            for name in ("rope_local_theta", "query_pre_attn_scalar", "final_logit_softcapping"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name}={getattr(self, name)} is a Gemma 3 setting; set it to None for "
+                                     f"model_type={self.model_type!r}.")
+        for name in ("rope_local_theta", "query_pre_attn_scalar", "final_logit_softcapping"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0 or None, got {value}.")
+
     def __hash__(self):
         # The config sits in NNX graph definitions, which jit caches by hash; rope_scaling is a dict.
         return hash(json.dumps(dataclasses.asdict(self), sort_keys=True))
@@ -117,6 +174,21 @@ class LlamaConfig:
     def num_query_groups(self) -> int:
         """Query heads per key/value head (GQA group size)."""
         return self.num_attention_heads // self.num_key_value_heads
+
+    @property
+    def has_sliding_layers(self) -> bool:
+        """True when some layer uses sliding-window attention."""
+        return self.layer_types is not None and "sliding_attention" in self.layer_types
+
+    @property
+    def qk_norm(self) -> bool:
+        """True for families that RMS-normalise each query and key head (Qwen3, Gemma 3)."""
+        return self.model_type in QK_NORM_MODEL_TYPES
+
+    @property
+    def gemma_layout(self) -> bool:
+        """Gemma 3: embeddings scaled by sqrt(hidden_size), (1 + w) RMSNorms, norms around attention and MLP."""
+        return self.model_type == "gemma3_text"
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
@@ -143,7 +215,7 @@ class LlamaConfig:
 
         Raises:
             ValueError: for a variant this implementation does not compute exactly (another model_type,
-                sliding-window attention, a rope type other than default/llama3, biases other than Qwen2's
+                a rope type other than default/llama3/linear, biases other than Qwen2's
                 q/k/v, an activation other than silu, ...), naming what is supported.
         """
         unknown = set(runtime) - set(RUNTIME_FIELDS)
@@ -156,7 +228,12 @@ class LlamaConfig:
         if missing:
             raise ValueError(f"The config.json dict lacks required keys {missing}.")
         _check_supported_variant(hf_config, model_type)
-        rope_theta, rope_scaling = _rope_settings(hf_config)
+        gemma = model_type == "gemma3_text"
+        if gemma:
+            rope_theta, rope_scaling, rope_local_theta = _gemma3_rope_settings(hf_config)
+        else:
+            (rope_theta, rope_scaling), rope_local_theta = _rope_settings(hf_config), None
+        sliding_window, layer_types = _attention_pattern(hf_config, model_type)
         return cls(
             vocab_size=hf_config["vocab_size"],
             hidden_size=hf_config["hidden_size"],
@@ -169,9 +246,15 @@ class LlamaConfig:
             rope_theta=rope_theta,
             rope_scaling=rope_scaling,
             max_position_embeddings=hf_config.get("max_position_embeddings", _HF_MAX_POSITIONS[model_type]),
-            tie_word_embeddings=hf_config.get("tie_word_embeddings", False),
+            tie_word_embeddings=hf_config.get("tie_word_embeddings", gemma),
             attention_bias=model_type == "qwen2",
             model_type=model_type,
+            hidden_act="gelu_pytorch_tanh" if gemma else "silu",
+            sliding_window=sliding_window,
+            layer_types=layer_types,
+            rope_local_theta=rope_local_theta,
+            query_pre_attn_scalar=hf_config.get("query_pre_attn_scalar", 256) if gemma else None,
+            final_logit_softcapping=hf_config.get("final_logit_softcapping") if gemma else None,
             bos_token_id=hf_config.get("bos_token_id"),
             eos_token_id=hf_config.get("eos_token_id"),
             pad_token_id=hf_config.get("pad_token_id"),
@@ -213,12 +296,30 @@ class LlamaConfig:
             "pad_token_id": self.pad_token_id,
             "dtype": self.param_dtype,
         }
+        layer_types = list(self.layer_types or ("full_attention",) * self.num_hidden_layers)
         if self.model_type == "llama":
             hf.update(attention_bias=False, mlp_bias=False)
-        elif self.model_type == "mistral":
-            hf.update(sliding_window=None)
+        elif self.model_type in ("mistral", "phi3"):
+            hf.update(sliding_window=self.sliding_window)
+            if self.model_type == "phi3":
+                hf.update(resid_pdrop=0.0, embd_pdrop=0.0,
+                          original_max_position_embeddings=self.max_position_embeddings)
+        elif self.model_type in ("qwen2", "qwen3"):
+            first_sliding = layer_types.index("sliding_attention") if self.has_sliding_layers else len(layer_types)
+            hf.update(use_sliding_window=self.has_sliding_layers, sliding_window=self.sliding_window,
+                      max_window_layers=first_sliding, layer_types=layer_types)
+            if self.model_type == "qwen3":
+                hf.update(attention_bias=False)
         else:
-            hf.update(use_sliding_window=False, sliding_window=None, max_window_layers=self.num_hidden_layers)
+            local_theta = self.rope_local_theta or self.rope_theta
+            del hf["hidden_act"], hf["rope_scaling"]
+            hf.update(hidden_activation=self.hidden_act, attention_bias=False, use_bidirectional_attention=False,
+                      sliding_window=self.sliding_window, layer_types=layer_types,
+                      query_pre_attn_scalar=self.query_pre_attn_scalar,
+                      attn_logit_softcapping=None,
+                      final_logit_softcapping=self.final_logit_softcapping, rope_local_base_freq=local_theta,
+                      rope_parameters={"full_attention": rope_parameters,
+                                       "sliding_attention": {"rope_type": "default", "rope_theta": local_theta}})
         return hf
 
 
@@ -230,7 +331,7 @@ def _positive_int(name: str, value: Any) -> int:
 
 def _unsupported_model_type(model_type: Any) -> str:
     return (f"model_type={model_type!r} is not supported; supported model types: {SUPPORTED_MODEL_TYPES} "
-            "(Llama 2/3/3.1/3.2, Mistral without sliding window, Qwen2).")
+            "(Llama 2/3/3.1/3.2, Mistral, Qwen2, Qwen3, Phi-3, Gemma 3 text; no mixture-of-experts models).")
 
 
 def _check_supported_variant(hf: Mapping[str, Any], model_type: str) -> None:
@@ -244,20 +345,54 @@ def _check_supported_variant(hf: Mapping[str, Any], model_type: str) -> None:
     if model_type == "llama" and hf.get("attention_bias", False):
         raise ValueError("attention_bias=True for model_type 'llama' (biases on q/k/v and o_proj) is not supported; "
                          "supported: no biases (llama, mistral) or Qwen2's q/k/v biases (qwen2).")
-    if model_type == "mistral" and hf.get("sliding_window") is not None:
-        raise ValueError(f"sliding_window={hf['sliding_window']} (sliding-window attention) is not supported; "
-                         "supported: full causal attention, i.e. sliding_window null.")
-    if model_type == "qwen2":
-        if hf.get("use_sliding_window", False):
-            raise ValueError("use_sliding_window=True (sliding-window attention) is not supported; supported: "
-                             "full causal attention, i.e. use_sliding_window false.")
-        layer_types = set(hf.get("layer_types") or ())
-        if layer_types - {"full_attention"}:
-            raise ValueError(f"layer_types {sorted(layer_types)} are not supported; only 'full_attention'.")
+    if model_type in ("qwen3", "phi3", "gemma3_text") and hf.get("attention_bias", False):
+        raise ValueError(f"attention_bias=True for model_type {model_type!r} is not supported; supported: no "
+                         "attention biases (only Qwen2 has q/k/v biases).")
+    for name in ("resid_pdrop", "embd_pdrop"):
+        if hf.get(name, 0.0):
+            raise ValueError(f"{name}={hf[name]} is not supported; set it to 0.0 (no dropout in the base model).")
+    if model_type == "gemma3_text":
+        if hf.get("hidden_activation", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
+            raise ValueError(f"hidden_activation={hf['hidden_activation']!r} is not supported; only "
+                             "'gelu_pytorch_tanh' (Gemma 3's GeGLU).")
+        if hf.get("attn_logit_softcapping") is not None:
+            # transformers' Gemma3Attention never passes it to the attention function (Gemma 3 replaced score
+            # capping by q/k norms), so a value here would make this model differ from the reference.
+            raise ValueError(f"attn_logit_softcapping={hf['attn_logit_softcapping']} is not supported for Gemma 3 "
+                             "(transformers ignores it); set it to null.")
+        if hf.get("use_bidirectional_attention", False):
+            raise ValueError("use_bidirectional_attention=True is not supported; supported: causal attention.")
+
+
+def _attention_pattern(hf: Mapping[str, Any], model_type: str) -> tuple[int | None, list[str] | None]:
+    """(sliding_window, layer_types) of a config.json dict, as transformers derives them for each family."""
+    layers = hf["num_hidden_layers"]
+    window = hf.get("sliding_window")
+    layer_types = hf.get("layer_types")
+    if model_type in ("mistral", "phi3"):  # one window for every layer, no per-layer types
+        if layer_types is not None:
+            raise ValueError(f"layer_types for model_type {model_type!r} is not supported; transformers' "
+                             f"{HF_ARCHITECTURES[model_type]} applies sliding_window to every layer.")
+        return window, None
+    if model_type in ("qwen2", "qwen3"):
+        window = window if hf.get("use_sliding_window", False) else None
+        if layer_types is None and window is not None:
+            first_sliding = hf.get("max_window_layers", 28)
+            layer_types = ["sliding_attention" if i >= first_sliding else "full_attention" for i in range(layers)]
+        if window is None and "sliding_attention" in (layer_types or ()):
+            raise ValueError(f"layer_types {sorted(set(layer_types))} name sliding layers but use_sliding_window is "
+                             "false; set use_sliding_window true (with sliding_window) or use 'full_attention'.")
+        return window, layer_types
+    if model_type == "gemma3_text":
+        if layer_types is None:
+            pattern = hf.get("sliding_window_pattern", _GEMMA3_SLIDING_WINDOW_PATTERN)
+            layer_types = ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(layers)]
+        return window, layer_types
+    return None, None
 
 
 def _rope_settings(hf: Mapping[str, Any]) -> tuple[float, dict | None]:
-    """(rope_theta, llama3 rope_scaling or None) from either rope layout of a config.json dict."""
+    """(rope_theta, llama3 / linear rope_scaling or None) from either rope layout of a config.json dict."""
     params = hf.get("rope_parameters")
     if params is not None:
         if "rope_theta" not in params:
@@ -271,15 +406,33 @@ def _rope_settings(hf: Mapping[str, Any]) -> tuple[float, dict | None]:
     rope_type = scaling.get("rope_type", scaling.get("type", "default"))
     if rope_type == "default":
         return float(theta), None
-    return float(theta), _llama3_rope_scaling(scaling)
+    return float(theta), _rope_scaling(scaling)
 
 
-def _llama3_rope_scaling(scaling: Mapping[str, Any]) -> dict:
-    """The canonical llama3 rope_scaling dict, or a ValueError naming the supported rope types."""
+def _gemma3_rope_settings(hf: Mapping[str, Any]) -> tuple[float, dict | None, float]:
+    """(global rope_theta, its rope_scaling, local rope theta) of a Gemma 3 config.json dict (either layout)."""
+    params = hf.get("rope_parameters")
+    if params is not None and "full_attention" in params:
+        local = params.get("sliding_attention") or {}
+        if local.get("rope_type", "default") != "default":
+            raise ValueError(f"sliding_attention rope type {local['rope_type']!r} is not supported; supported: "
+                             "'default'.")
+        theta, scaling = _rope_settings({"rope_parameters": params["full_attention"]})
+        return theta, scaling, float(local.get("rope_theta", 10000.0))
+    theta, scaling = _rope_settings({**hf, "rope_theta": hf.get("rope_theta", 1_000_000.0)})
+    return theta, scaling, float(hf.get("rope_local_base_freq", 10000.0))
+
+
+def _rope_scaling(scaling: Mapping[str, Any]) -> dict:
+    """The canonical llama3 or linear rope_scaling dict, or a ValueError naming the supported rope types."""
     rope_type = scaling.get("rope_type", scaling.get("type"))
+    if rope_type == "linear":
+        if not scaling.get("factor", 0) > 0:
+            raise ValueError(f"linear rope scaling needs a factor > 0, got {scaling.get('factor')!r}.")
+        return {"rope_type": "linear", "factor": scaling["factor"]}
     if rope_type != "llama3":
-        raise ValueError(f"rope type {rope_type!r} is not supported; supported: 'default' (rope_scaling null) and "
-                         "'llama3'.")
+        raise ValueError(f"rope type {rope_type!r} is not supported; supported: 'default' (rope_scaling null), "
+                         "'llama3' and 'linear'.")
     missing = [k for k in LLAMA3_ROPE_KEYS if k not in scaling]
     if missing:
         raise ValueError(f"llama3 rope scaling lacks {missing}; it needs {LLAMA3_ROPE_KEYS}.")

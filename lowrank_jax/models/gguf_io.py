@@ -13,9 +13,17 @@ import numpy as np
 from lowrank_jax.models.param_map import hf_name_from_gguf, rule_for_hf_name, unpermute_gguf_rows
 
 # GGUF general.architecture -> HF model_type. llama.cpp writes Llama and Mistral as `llama`.
-GGUF_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2"}
-# llama.cpp's converter permutes Q/K rows to interleaved RoPE order for these (not for qwen2, which uses NEOX RoPE).
+GGUF_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3", "gemma3": "gemma3_text"}
+# llama.cpp's converter permutes Q/K rows to interleaved RoPE order for these (not for the others, which use NEOX
+# RoPE, HF's split-half layout).
 PERMUTED_ARCHITECTURES = ("llama",)
+# llama.cpp's Gemma converter stores every RMSNorm weight w as 1 + w (its norm multiplies by the weight).
+NORM_SHIFTED_ARCHITECTURES = ("gemma3",)
+# Gemma 3 settings llama.cpp fixes in code when the file lacks them (llama-model.cpp): every 6th layer global,
+# local rope base 10000, and queries scaled by head_dim ** -0.5 except in the 62-layer 27B model (hidden / heads).
+_GEMMA3_SLIDING_WINDOW_PATTERN = 6
+_GEMMA3_LOCAL_ROPE_THETA = 10000.0
+_GEMMA3_27B_LAYERS = 62
 _REQUIRED = object()
 
 
@@ -44,11 +52,12 @@ class GGUFCheckpoint:
         self.architecture = metadata.architecture
         self._tensors = {}
         for tensor in reader.tensors:
-            hf_name = hf_name_from_gguf(tensor.name)
+            hf_name = hf_name_from_gguf(tensor.name, self.architecture)
             if hf_name is None:
-                hint = (" (llama3 rope scaling, stored by llama.cpp as rope_freqs, is not supported from GGUF; "
-                        "load the HF safetensors directory instead)") if tensor.name.startswith("rope_freqs") else ""
-                raise ValueError(f"{self.path}: tensor {tensor.name!r} has no Llama/Qwen2 counterpart{hint}.")
+                hint = (" (llama3 rope scaling, stored by llama.cpp as rope_freqs, or Phi-3's long-context "
+                        "rope_factors, is not supported from GGUF)") if tensor.name.startswith("rope_") else ""
+                raise ValueError(f"{self.path}: tensor {tensor.name!r} of GGUF architecture {self.architecture!r} "
+                                 f"has no counterpart in this model{hint}.")
             self._tensors[hf_name] = tensor
         self.shapes = {name: tuple(int(d) for d in reversed(t.shape)) for name, t in self._tensors.items()}
         self.hf_config = metadata.hf_config(tensor_names=self._tensors)
@@ -60,6 +69,8 @@ class GGUFCheckpoint:
         head_count = rule_for_hf_name(name)[0].gguf_head_count
         if self.architecture in PERMUTED_ARCHITECTURES and head_count is not None:
             values = unpermute_gguf_rows(values, self.hf_config[head_count])
+        if self.architecture in NORM_SHIFTED_ARCHITECTURES and name.endswith("norm.weight"):
+            values = values - 1.0
         return values
 
 
@@ -90,9 +101,13 @@ class _Metadata:
     def hf_config(self, tensor_names) -> dict[str, Any]:
         """The transformers config.json dict the metadata describes; `tensor_names` are the file's HF names."""
         keys = gguf.Keys
-        rope_scaling = self.get(keys.Rope.SCALING_TYPE, default="none")
-        if rope_scaling != "none":
-            raise ValueError(f"{self.path}: GGUF rope scaling {rope_scaling!r} is not supported; supported: none.")
+        scaling_type = self.get(keys.Rope.SCALING_TYPE, default="none")
+        if scaling_type not in ("none", "linear"):
+            raise ValueError(f"{self.path}: GGUF rope scaling {scaling_type!r} is not supported; supported: none, "
+                             "linear.")
+        rope_scaling = None
+        if scaling_type == "linear":
+            rope_scaling = {"rope_type": "linear", "factor": self.get(keys.Rope.SCALING_FACTOR)}
         heads = self.get(keys.Attention.HEAD_COUNT)
         hidden = self.get(keys.LLM.EMBEDDING_LENGTH)
         head_dim = self.get(keys.Attention.KEY_LENGTH, default=hidden // heads)
@@ -101,17 +116,31 @@ class _Metadata:
             raise ValueError(f"{self.path}: rope.dimension_count={rotary_dims} != head_dim={head_dim} (partial "
                              "rotary embeddings) is not supported.")
         tokens = self.reader.get_field(keys.Tokenizer.LIST)
+        blocks = self.get(keys.LLM.BLOCK_COUNT)
+        family = {}
+        if self.architecture in ("phi3", "gemma3"):
+            family["sliding_window"] = self.get(keys.Attention.SLIDING_WINDOW, default=None)
+        if self.architecture == "gemma3":
+            pattern = self.get(keys.Attention.SLIDING_WINDOW_PATTERN, default=_GEMMA3_SLIDING_WINDOW_PATTERN)
+            sliding = pattern if isinstance(pattern, list) else [bool((i + 1) % pattern) for i in range(blocks)]
+            family.update(
+                layer_types=["sliding_attention" if is_sliding else "full_attention" for is_sliding in sliding],
+                rope_local_base_freq=_GEMMA3_LOCAL_ROPE_THETA,
+                query_pre_attn_scalar=hidden // heads if blocks == _GEMMA3_27B_LAYERS else head_dim,
+                final_logit_softcapping=self.get(keys.LLM.FINAL_LOGIT_SOFTCAPPING, default=None))
         return {
+            **family,
             "model_type": GGUF_ARCHITECTURES[self.architecture],
             "vocab_size": len(tokens.data) if tokens is not None else self.get(keys.LLM.VOCAB_SIZE),
             "hidden_size": hidden,
             "intermediate_size": self.get(keys.LLM.FEED_FORWARD_LENGTH),
-            "num_hidden_layers": self.get(keys.LLM.BLOCK_COUNT),
+            "num_hidden_layers": blocks,
             "num_attention_heads": heads,
             "num_key_value_heads": self.get(keys.Attention.HEAD_COUNT_KV, default=heads),
             "head_dim": head_dim,
             "rms_norm_eps": self.get(keys.Attention.LAYERNORM_RMS_EPS),
             "rope_theta": self.get(keys.Rope.FREQ_BASE, default=10000.0),
+            "rope_scaling": rope_scaling,
             "max_position_embeddings": self.get(keys.LLM.CONTEXT_LENGTH),
             "tie_word_embeddings": "lm_head.weight" not in tensor_names,
             "attention_bias": "model.layers.0.self_attn.q_proj.bias" in tensor_names,

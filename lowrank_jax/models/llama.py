@@ -1,13 +1,16 @@
-"""The Llama-family decoder (Llama 2/3.x, Mistral without sliding window, Qwen2) in Flax NNX.
+"""The Llama-family decoder (Llama 2/3.x, Mistral, Qwen2, Qwen3, Phi-3, Gemma 3 text) in Flax NNX.
 
 Decoder layers are stored stacked (leading axis L) and run by `jax.lax.scan` over their whole state, or by a
 Python loop over slices of the same state when `config.scan_layers` is False; mutated layer state is written back.
+Layers that differ by attention type (Gemma 3's sliding / global pattern) share one stack: each layer's window and
+rope table are chosen by per-layer values scanned alongside its weights.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from lowrank_jax.models.attention import Attention, projection
@@ -25,41 +28,63 @@ REMAT_POLICY_FUNCTIONS = {
     "dots_saveable": jax.checkpoint_policies.dots_saveable,
     "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
+ACTIVATIONS = {"silu": jax.nn.silu, "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True)}
+# The window of a global layer in a stack with sliding layers: larger than any slot distance.
+_UNBOUNDED_WINDOW = np.iinfo(np.int32).max
 
 
 class MLP(nnx.Module):
-    """SwiGLU feed-forward: `down_proj(silu(gate_proj(x)) * up_proj(x))`, kernels (hidden, mlp) / (mlp, hidden)."""
+    """Gated feed-forward `down_proj(act(gate_proj(x)) * up_proj(x))`, kernels (hidden, mlp) / (mlp, hidden);
+    act is silu (SwiGLU) or tanh-approximated gelu (Gemma's GeGLU)."""
 
     def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
         hidden, inner = config.hidden_size, config.intermediate_size
         self.gate_proj = projection(config, hidden, inner, ("embed", "mlp"), use_bias=False, rngs=rngs)
         self.up_proj = projection(config, hidden, inner, ("embed", "mlp"), use_bias=False, rngs=rngs)
         self.down_proj = projection(config, inner, hidden, ("mlp", "embed"), use_bias=False, rngs=rngs)
+        self.activation = ACTIVATIONS[config.hidden_act]
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """(batch, T, hidden) -> (batch, T, hidden)."""
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.activation(self.gate_proj(x)) * self.up_proj(x))
 
 
 class DecoderLayer(nnx.Module):
-    """Pre-norm residual block: attention then MLP, each after an RMSNorm."""
+    """Pre-norm residual block: attention then MLP, each after an RMSNorm.
+
+    In Gemma's layout each branch's output is normalised too (HF names: input_layernorm -> attention ->
+    post_attention_layernorm, pre_feedforward_layernorm -> MLP -> post_feedforward_layernorm); otherwise
+    post_attention_layernorm is the norm before the MLP, as in Llama.
+    """
 
     def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
-        norm_kwargs = dict(eps=config.rms_norm_eps, dtype=config.dtype, param_dtype=config.param_dtype)
+        norm_kwargs = dict(eps=config.rms_norm_eps, dtype=config.dtype, param_dtype=config.param_dtype,
+                           zero_centered=config.gemma_layout)
         self.input_layernorm = RMSNorm(config.hidden_size, **norm_kwargs)
         self.self_attn = Attention(config, rngs=rngs)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, **norm_kwargs)
+        if config.gemma_layout:
+            self.pre_feedforward_layernorm = RMSNorm(config.hidden_size, **norm_kwargs)
+            self.post_feedforward_layernorm = RMSNorm(config.hidden_size, **norm_kwargs)
         self.mlp = MLP(config, rngs=rngs)
+        self.gemma_layout = config.gemma_layout
 
-    def __call__(self, h, cos, sin, mask, layer_cache=None, write_index=None):
+    def __call__(self, h, cos, sin, mask, layer_cache=None, write_index=None, window=None):
         """(batch, T, hidden) -> (batch, T, hidden), updated layer cache; arguments as in `Attention`."""
-        attended, layer_cache = self.self_attn(self.input_layernorm(h), cos, sin, mask, layer_cache, write_index)
+        attended, layer_cache = self.self_attn(self.input_layernorm(h), cos, sin, mask, layer_cache, write_index,
+                                               window)
+        if self.gemma_layout:
+            h = h + self.post_attention_layernorm(attended)
+            return h + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h))), layer_cache
         h = h + attended
         return h + self.mlp(self.post_attention_layernorm(h)), layer_cache
 
 
 class Llama(nnx.Module):
     """Causal language model: embeddings, L stacked decoder layers, final RMSNorm, lm_head (or tied embeddings).
+
+    Gemma 3 additionally scales the embeddings by sqrt(hidden_size) (rounded to the parameter dtype, as HF does)
+    and soft-caps the logits when `final_logit_softcapping` is set.
 
     Args:
         config: the architecture and runtime settings.
@@ -84,7 +109,7 @@ class Llama(nnx.Module):
             embedding_metadata=logical_axes("vocab", "embed"), rngs=rngs)
         self.layers = _stacked_layers(config, rngs)
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, dtype=config.dtype,
-                            param_dtype=config.param_dtype)
+                            param_dtype=config.param_dtype, zero_centered=config.gemma_layout)
         if not config.tie_word_embeddings:
             self.lm_head = projection(config, config.hidden_size, config.vocab_size, ("embed", "vocab"),
                                       use_bias=False, rngs=rngs)
@@ -99,8 +124,8 @@ class Llama(nnx.Module):
             positions: (batch, seq) rotary positions; default: restart per segment when `segment_ids` is given,
                 else the count of real tokens before each token (so left padding is handled).
             segment_ids: (batch, seq) int, 0 = padding; attention stays inside a segment (packed sequences), each
-                segment contiguous. With attention_impl='cudnn' they go to cuDNN as offsets and lengths
-                (`packed_attention.py`).
+                segment contiguous. With attention_impl='cudnn' (and no sliding-window layer) they go to cuDNN as
+                offsets and lengths (`packed_attention.py`).
 
         Returns:
             (batch, seq, vocab) float32 logits; values at padding positions are meaningless.
@@ -113,11 +138,12 @@ class Llama(nnx.Module):
                 positions = positions_from_attention_mask(attention_mask)
             else:
                 positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1], dtype=jnp.int32), input_ids.shape)
-        if self.config.attention_impl == "cudnn" and segment_ids is not None and attention_mask is None:
+        if (self.config.attention_impl == "cudnn" and segment_ids is not None and attention_mask is None
+                and not self.config.has_sliding_layers):
             mask = packed_segments(segment_ids)
         else:
             mask = padding_and_segment_mask(attention_mask, segment_ids)
-        h, _ = self._run_layers(self.embed_tokens(input_ids), positions, mask)
+        h, _ = self._run_layers(self._embed(input_ids), positions, mask)
         return self._logits(h)
 
     def decode(self, input_ids: jax.Array, kv_cache: KVCache, *, positions: jax.Array,
@@ -139,26 +165,48 @@ class Llama(nnx.Module):
         new_valid = jnp.ones(input_ids.shape, bool) if attention_mask is None else attention_mask.astype(bool)
         valid = jax.lax.dynamic_update_slice(kv_cache.valid, new_valid, (0, kv_cache.length))
         mask = cached_attention_mask(valid, kv_cache.length, input_ids.shape[1])
-        h, (keys, values) = self._run_layers(self.embed_tokens(input_ids), positions, mask,
+        h, (keys, values) = self._run_layers(self._embed(input_ids), positions, mask,
                                              (kv_cache.keys, kv_cache.values), kv_cache.length)
         new_cache = KVCache(keys=keys, values=values, valid=valid, length=kv_cache.length + input_ids.shape[1])
         return self._logits(h[:, -1]), new_cache
 
+    def _embed(self, input_ids: jax.Array) -> jax.Array:
+        h = self.embed_tokens(input_ids)
+        if self.config.gemma_layout:
+            h = h * jnp.asarray(self.config.hidden_size ** 0.5, self.config.param_dtype).astype(h.dtype)
+        return h
+
     def _logits(self, h: jax.Array) -> jax.Array:
         h = self.norm(h)
         logits = self.embed_tokens.attend(h) if self.config.tie_word_embeddings else self.lm_head(h)
-        return logits.astype(jnp.float32)
+        logits = logits.astype(jnp.float32)
+        cap = self.config.final_logit_softcapping
+        return logits if cap is None else cap * jnp.tanh(logits / cap)
 
     def _run_layers(self, h, positions, mask, cache=None, write_index=None):
         """Runs the stacked layers over h (batch, T, hidden); cache is (keys, values) with leading L, or None."""
         config = self.config
         cos, sin = rope_cos_sin(positions, rope_inverse_frequencies(config.head_dim, config.rope_theta,
                                                                    config.rope_scaling))
+        local_tables = None
+        if config.rope_local_theta is not None and config.rope_local_theta != config.rope_theta:
+            local_tables = rope_cos_sin(positions, rope_inverse_frequencies(config.head_dim, config.rope_local_theta))
+        per_layer = None
+        if config.has_sliding_layers:
+            sliding = np.array([t == "sliding_attention" for t in config.layer_types])
+            per_layer = dict(sliding=jnp.asarray(sliding),
+                             window=jnp.asarray(np.where(sliding, config.sliding_window, _UNBOUNDED_WINDOW), jnp.int32))
         graphdef, layer_state = nnx.split(self.layers)
 
-        def run_layer(h, layer_state, layer_cache):
+        def run_layer(h, layer_state, layer_cache, layer_values):
             layer = nnx.merge(graphdef, layer_state)
-            h, layer_cache = layer(h, cos, sin, mask, layer_cache, write_index)
+            layer_cos, layer_sin, window = cos, sin, None
+            if layer_values is not None:
+                window = layer_values["window"]
+                if local_tables is not None:
+                    layer_cos = jnp.where(layer_values["sliding"], local_tables[0], cos)
+                    layer_sin = jnp.where(layer_values["sliding"], local_tables[1], sin)
+            h, layer_cache = layer(h, layer_cos, layer_sin, mask, layer_cache, write_index, window)
             return h, nnx.state(layer), layer_cache
 
         if config.remat != "none":
@@ -168,11 +216,11 @@ class Llama(nnx.Module):
             def scan_step(h, xs):
                 h, new_state, layer_cache = run_layer(h, *xs)
                 return h, (new_state, layer_cache)
-            h, (new_state, cache) = jax.lax.scan(scan_step, h, (layer_state, cache))
+            h, (new_state, cache) = jax.lax.scan(scan_step, h, (layer_state, cache, per_layer))
         else:
             outputs = []
             for i in range(config.num_hidden_layers):
-                layer_slice = jax.tree.map(lambda x: x[i], (layer_state, cache))
+                layer_slice = jax.tree.map(lambda x: x[i], (layer_state, cache, per_layer))
                 h, new_layer_state, layer_cache = run_layer(h, *layer_slice)
                 outputs.append((new_layer_state, layer_cache))
             new_state, cache = jax.tree.map(lambda *xs: jnp.stack(xs), *outputs)

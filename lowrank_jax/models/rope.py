@@ -1,4 +1,5 @@
-"""Rotary position embeddings as in Hugging Face Llama: split-half rotation, rope theta, llama3 frequency scaling.
+"""Rotary position embeddings as in Hugging Face Llama: split-half rotation, rope theta, llama3 or linear frequency
+scaling.
 
 Frequencies are computed once on the host from the config; angles and the rotation run in float32.
 """
@@ -11,14 +12,14 @@ import numpy as np
 
 
 def rope_inverse_frequencies(head_dim: int, theta: float, rope_scaling: dict | None = None) -> np.ndarray:
-    """Inverse frequencies `theta ** (-2i / head_dim)`, llama3-scaled when `rope_scaling` is given.
+    """Inverse frequencies `theta ** (-2i / head_dim)`, llama3- or linearly scaled when `rope_scaling` is given.
 
     Args:
         head_dim: rotary dimension (even).
         theta: rope base.
-        rope_scaling: None or a llama3 dict (`factor`, `low_freq_factor`, `high_freq_factor`,
+        rope_scaling: None, a llama3 dict (`factor`, `low_freq_factor`, `high_freq_factor`,
             `original_max_position_embeddings`): long wavelengths are divided by `factor`, short ones kept,
-            the band between interpolated smoothly.
+            the band between interpolated smoothly; or a linear dict: every frequency divided by `factor`.
 
     Returns:
         (head_dim // 2,) float32.
@@ -28,7 +29,9 @@ def rope_inverse_frequencies(head_dim: int, theta: float, rope_scaling: dict | N
         [1.0, 0.009999999776482582]
     """
     inv_freq = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
-    if rope_scaling is not None:
+    if rope_scaling is not None and rope_scaling["rope_type"] == "linear":
+        inv_freq = inv_freq / rope_scaling["factor"]
+    elif rope_scaling is not None:
         factor = rope_scaling["factor"]
         low, high = rope_scaling["low_freq_factor"], rope_scaling["high_freq_factor"]
         context = rope_scaling["original_max_position_embeddings"]
