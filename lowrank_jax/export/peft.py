@@ -20,6 +20,8 @@ from lowrank_jax.adapters.layer import AdaptedLinear
 from lowrank_jax.adapters.module_paths import dotted, iter_module_paths
 from lowrank_jax.models.param_map import LLAMA_TENSORS
 
+FUSED_PROJECTION_TYPES = ("phi3",)  # HF names one fused qkv_proj / gate_up_proj where we adapt each projection
+
 
 def export_peft(model: nnx.Module, directory: str | os.PathLike, base: str) -> None:
     """Writes `adapter_config.json` and `adapter_model.safetensors` that `peft.PeftModel.from_pretrained` loads.
@@ -45,6 +47,11 @@ def export_peft(model: nnx.Module, directory: str | os.PathLike, base: str) -> N
     """
     if not isinstance(base, str) or not base:
         raise ValueError(f"base must be the path or hub id of the original HF model, got {base!r}.")
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type in FUSED_PROJECTION_TYPES:
+        raise NotImplementedError(f"export_peft: {model_type} checkpoints fuse q/k/v and gate/up into one projection, "
+                                  "so per-projection adapters have no PEFT module names there; save the merged model "
+                                  "instead (save_pretrained(merge(model), dir), or train.export_merged=True).")
     layers = [(dotted(path), module) for path, module in iter_module_paths(model) if isinstance(module, AdaptedLinear)]
     if not layers:
         raise ValueError("the model has no adapted layers; call lowrank_jax.adapt(model, config) first.")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import gguf
 import numpy as np
 
 from lowrank_jax.models.param_map import hf_name_from_gguf, rule_for_hf_name, unpermute_gguf_rows
@@ -44,6 +43,8 @@ class GGUFCheckpoint:
         self.path = os.fspath(path)
         if not os.path.isfile(self.path):
             raise FileNotFoundError(f"{self.path}: GGUF file not found.")
+        import gguf  # the [train] extra: GGUF support is optional for the library
+
         try:
             reader = gguf.GGUFReader(self.path)
         except (ValueError, IndexError, KeyError, OSError) as err:
@@ -64,6 +65,8 @@ class GGUFCheckpoint:
 
     def read(self, name: str) -> np.ndarray:
         """One tensor dequantised to float32 (F16/BF16/F32 exactly), in HF name, layout and row order."""
+        import gguf
+
         tensor = self._tensors[name]
         values = gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(self.shapes[name])
         head_count = rule_for_hf_name(name)[0].gguf_head_count
@@ -78,6 +81,8 @@ class _Metadata:
     """The key/value metadata of a GGUF file, read with llama.cpp's key names (`gguf.Keys`)."""
 
     def __init__(self, reader: gguf.GGUFReader, path: str):
+        import gguf
+
         self.reader, self.path = reader, path
         architecture = reader.get_field(gguf.Keys.General.ARCHITECTURE)
         self.architecture = None if architecture is None else architecture.contents()
@@ -100,6 +105,8 @@ class _Metadata:
 
     def hf_config(self, tensor_names) -> dict[str, Any]:
         """The transformers config.json dict the metadata describes; `tensor_names` are the file's HF names."""
+        import gguf
+
         keys = gguf.Keys
         scaling_type = self.get(keys.Rope.SCALING_TYPE, default="none")
         if scaling_type not in ("none", "linear"):

@@ -15,7 +15,7 @@ it breaks this path alone). `bench/attention_check.py` checks it against XLA on 
 On a mesh of several devices the call runs per device (`lowrank_jax.sharding.per_shard`, over the batch rows and,
 with tensor parallelism, the heads): left to XLA's partitioner, JAX's cuDNN call combined one device's rows with
 another's segment offsets and gave a wrong loss (docs/benchmarks.md). That needs the mesh at trace time:
-`jax.set_mesh(mesh)`, which train.py and bench/ set.
+`jax.set_mesh(mesh)`, which the training loop and bench/ set.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def packed_causal_attention(query: jax.Array, key: jax.Array, value: jax.Array,
     if jax.sharding.get_abstract_mesh().empty and jax.device_count() > 1:
         warnings.warn(f"cuDNN packed attention traced without a mesh while there are {jax.device_count()} devices: "
                       "if the batch is split over devices the result is wrong (JAX's partitioning of the cuDNN "
-                      "call mixes up rows). Trace under `jax.set_mesh(mesh)`, as train.py does.", stacklevel=2)
+                      "call mixes up rows). Trace under `jax.set_mesh(mesh)`, as the training loop does.", stacklevel=2)
     heads, rows = ("batch", None, "heads", None), ("batch", None)
     args = [query, key, value, segments.segment_ids, segments.lengths, segments.offsets, segments.fits]
     return per_shard(attend, args, [heads, heads, heads, rows, rows, rows, ()], heads)
