@@ -2,11 +2,15 @@
 the finished JSON (extensions past a best range end, finals only once the best is interior), resuming, the deadline,
 and the LoRA -> full gap fraction against its formula."""
 
+import hashlib
 import json
 import math
 import os
+import shutil
+import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from experiments import plan, summarize
@@ -138,3 +142,50 @@ def test_run_all_resumes_retries_failures_twice_and_stops_at_the_deadline(tmp_pa
     args.seeds, args.deadline_s = "0,1,2", 1e-3
     comparison.run_all(args)  # a deadline already past starts nothing
     assert not os.path.exists(tmp_path / "final" / "lora-r8_lr0.004_s1.json")
+
+
+def test_doc_examples_of_the_experiment_modules_run():
+    import doctest
+
+    from experiments import init_perturbation
+
+    for module in (plan, init_perturbation):
+        results = doctest.testmod(module)
+        assert results.failed == 0 and results.attempted > 0
+
+
+def test_init_perturbation_matches_the_authors_formula_in_float64():
+    from experiments.init_perturbation import perturbation_ratio
+
+    kernel = np.random.default_rng(1).normal(0, 0.2, (96, 48))
+    rank, alpha = 16, 24.0
+    delta = (alpha / rank) * kernel[:, :rank] @ kernel[:rank, :rank] @ kernel[:rank, :]
+    expected = np.linalg.norm(delta) / np.linalg.norm(kernel)
+    assert perturbation_ratio(kernel.astype(np.float32), rank, alpha) == pytest.approx(expected, rel=1e-5)
+
+
+def test_receive_model_joins_chunks_one_call_at_a_time_and_checks_the_sha256(tmp_path):
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments",
+                          "receive_model.sh")
+    payload = os.urandom(5000)
+    name = "m.gguf"
+
+    def carry(chunks, sha):
+        """One call's carried folder: chunk k and the manifest, as fetch_qwen.sh lays them out."""
+        send = tmp_path / "send"
+        shutil.rmtree(send, ignore_errors=True)
+        for k, chunk in chunks:
+            (send / f"{k:02d}").mkdir(parents=True)
+            (send / f"{k:02d}" / f"{name}.part{k:02d}").write_bytes(chunk)
+            (send / f"{k:02d}" / f"{name}.manifest").write_text(f"{name} 3 {sha}\n")
+        return subprocess.run(["bash", script, str(send), str(tmp_path / "models")], capture_output=True, text=True)
+
+    sha = hashlib.sha256(payload).hexdigest()
+    pieces = [payload[:2000], payload[2000:4000], payload[4000:]]
+    assert "1 of 3 chunks" in carry([(0, pieces[0])], sha).stdout
+    assert "2 of 3 chunks" in carry([(1, pieces[1])], sha).stdout
+    assert "ready" in carry([(2, pieces[2])], sha).stdout
+    assert (tmp_path / "models" / name).read_bytes() == payload
+    shutil.rmtree(tmp_path / "models")
+    bad = carry([(0, pieces[0]), (1, pieces[2]), (2, pieces[1])], sha)  # out of order: wrong bytes
+    assert bad.returncode == 1 and "sha256" in bad.stderr and not (tmp_path / "models" / name).exists()
