@@ -12,7 +12,8 @@ lr (--shared-lr, the papers' convention). experiments/plan.py orders the runs by
 
 Results accumulate in OUT (default experiments/results/<model-name>/, committed): a run whose JSON exists is
 skipped, a run writes its JSON only when it has finished, so a process killed anywhere loses only the runs in flight.
-Every run is a subprocess with XLA_PYTHON_CLIENT_MEM_FRACTION = --mem-fraction * slots / --jobs. Before it starts
+Every run is a subprocess with XLA_PYTHON_CLIENT_MEM_FRACTION = --mem-fraction * slots / --jobs (a failed run
+retries once, with twice the slots). Before it starts
 it prints the plan's device time, from the step rates of this model's finished runs (a prior before any).
 `python experiments/summarize.py OUT` prints the tables; notebooks/gsm8k_comparison.ipynb draws the figures.
 """
@@ -171,16 +172,17 @@ def run_all(args) -> None:
     env = dict(os.environ, PYTHONUNBUFFERED="1",
                JAX_COMPILATION_CACHE_DIR=os.environ.get("JAX_COMPILATION_CACHE_DIR",
                                                         os.path.expanduser("~/.cache/lowrank_jax/jax")))
-    running: dict[str, tuple[subprocess.Popen, object, plan.Run, float]] = {}
+    running: dict[str, tuple[subprocess.Popen, object, plan.Run, float, int]] = {}
     failures: dict[str, int] = {}
     while True:
         results = plan.load_results(args.out)
         todo = [r for r in plan.pending(args.out, results, settings, running)
                 if failures.get(plan.result_path(args.out, r), 0) < 2]
         per_run = plan.estimate([plan.Run("", 0.0, 0, True)], results, PRIOR_SECONDS)[0]
-        used = sum(ARMS.get(r.arm, BASE).slots for _, _, r, _ in running.values())
+        used = sum(slots for _, _, _, _, slots in running.values())
         for run in todo:
-            slots = min(arm_named(run.arm).slots, args.jobs)
+            # a failed run (most often out of memory beside others) retries with twice the share of GPU memory
+            slots = min(arm_named(run.arm).slots * 2 ** failures.get(plan.result_path(args.out, run), 0), args.jobs)
             if used + slots > args.jobs:
                 continue
             elapsed = time.monotonic() - start
@@ -193,14 +195,14 @@ def run_all(args) -> None:
             process = subprocess.Popen(child_command(run, args), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                        env=dict(env, XLA_PYTHON_CLIENT_MEM_FRACTION=f"{fraction:.3f}"),
                                        start_new_session=True)
-            running[path] = (process, log, run, time.monotonic())
+            running[path] = (process, log, run, time.monotonic(), slots)
             used += slots
             print(f"[{elapsed:6.0f} s] start {os.path.relpath(path, args.out)}", flush=True)
         if not running:
             break
         time.sleep(1)
         if args.deadline_s and time.monotonic() - start > args.deadline_s:
-            for path, (process, log, _, _) in running.items():
+            for path, (process, log, *_) in running.items():
                 os.killpg(process.pid, signal.SIGTERM)
                 try:
                     process.wait(timeout=20)
@@ -210,7 +212,7 @@ def run_all(args) -> None:
                 log.close()
                 print(f"deadline: stopped {os.path.relpath(path, args.out)} (it reruns next time)", flush=True)
             break
-        for path, (process, log, run, began) in list(running.items()):
+        for path, (process, log, run, began, _) in list(running.items()):
             if process.poll() is None:
                 continue
             del running[path]
