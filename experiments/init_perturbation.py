@@ -1,4 +1,4 @@
-"""How far NLoRA's released init moves each pretrained weight: ‖ΔK0‖ / ‖K‖ over the 7 projections of every layer.
+"""How far NLoRA's released init moves each pretrained weight: ‖ΔK0‖ / ‖K‖ over 7 projections per layer.
 
 The authors' init adds ΔK0 = s · K[:, :r] · K[:r, :r] · K[:r, :] (s = alpha / r) to the output without taking it out
 of the base weight. With weights of standard deviation σ the ratio is about alpha · σ² (the width barely enters), so

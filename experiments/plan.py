@@ -64,7 +64,8 @@ def result_path(out: str, run: Run) -> str:
 def load_results(out: str) -> list[dict]:
     """Every finished run's JSON under OUT (sweep and final), each with `path` added."""
     records = []
-    for path in sorted(glob.glob(os.path.join(out, "sweep", "*.json")) + glob.glob(os.path.join(out, "final", "*.json"))):
+    paths = glob.glob(os.path.join(out, "sweep", "*.json")) + glob.glob(os.path.join(out, "final", "*.json"))
+    for path in sorted(paths):
         with open(path) as f:
             records.append({**json.load(f), "path": path})
     return records

@@ -128,8 +128,8 @@ def sweep_table(sweep: list[dict], final: list[dict]) -> str:
         if not points:
             continue
         best = plan.best_lr(points)
-        cells = ", ".join(f"{lr:g}: {'diverged' if math.isinf(loss) else format(loss, '.3f')}{'*' if lr == best else ''}"
-                          for lr, loss in sorted(points.values()))
+        cells = ", ".join(f"{lr:g}: {'diverged' if math.isinf(loss) else format(loss, '.3f')}"
+                          f"{'*' if lr == best else ''}" for lr, loss in sorted(points.values()))
         lines.append(f"| {name} | {cells} |")
     return "\n".join(lines)
 
