@@ -7,7 +7,8 @@
 # model chunk carried in .model/send (experiments/receive_model.sh); once $HOME/models/MODEL_FILE is whole and no
 # comparison is running, starts one in the background (its own process session, so it outlives the call; flags
 # apply then), seeded with the results this checkout carries; waits up to WAIT_S seconds or until the comparison
-# ends; packs $HOME/results/<model-name> (JSON, logs of failed runs, the driver's log) into $OUT/results.tgz.
+# ends; packs $HOME/results/<model-name> (JSON, logs of failed runs, the driver's log) into $OUT/results.tgz (also
+# every minute while waiting).
 # Unpack that into experiments/results/ here after every call: a fresh machine starts from what the checkout holds.
 # GSM8K is read from $GSM8K (default .data/gsm8k, carried).
 set -uo pipefail
@@ -33,11 +34,13 @@ if ! { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }; then
   echo $! > "$pidfile"
   echo "started the comparison (pid $(cat "$pidfile")) with: $*"
 fi
-for _ in $(seq "$wait_s"); do
+pack() { tar czf "${OUT:-/tmp}/results.tgz.tmp" -C "$HOME/results" "$name" && mv "${OUT:-/tmp}/results.tgz"{.tmp,}; }
+for second in $(seq "$wait_s"); do
   kill -0 "$(cat "$pidfile")" 2>/dev/null || { echo "the comparison has ended"; break; }
   sleep 1
+  (( second % 60 )) || pack   # a call cut off at its time limit still returns the last minute's results
 done
 tail -n 25 "$results/driver.log"
 nvidia-smi --query-gpu=memory.used,memory.total,utilization.gpu --format=csv,noheader 2>/dev/null
-tar czf "${OUT:-/tmp}/results.tgz" -C "$HOME/results" "$name"
+pack
 echo "packed $(find "$results" -name '*.json' | wc -l) results into results.tgz"

@@ -143,9 +143,10 @@ def describe(todo: list[plan.Run], results: list[dict], settings: plan.Settings,
     hidden_seconds, _ = plan.estimate(hidden, results, PRIOR_SECONDS)
     lines = [f"{len(results)} runs finished, {len(todo)} plannable now: "
              + ", ".join(f"{n} {names[t]}" for t, n in sorted(tiers.items())),
-             f"device time of the plannable runs: {seconds / 60:.1f} min ({source}); at --jobs {jobs}",
-             f"still behind open sweeps ({len(open_arms)} arms): their finals"
-             f"{' and about one extension each' if settings.extend else ''}, {hidden_seconds / 60:.1f} min more"]
+             f"device time of the plannable runs: {seconds / 60:.1f} min ({source}); at --jobs {jobs}"]
+    if open_arms:
+        lines.append(f"still behind open sweeps ({len(open_arms)} arms): their finals"
+                     f"{' and about one extension each' if settings.extend else ''}, {hidden_seconds / 60:.1f} min more")
     return "\n".join(lines)
 
 
