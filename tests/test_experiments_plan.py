@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -189,3 +190,18 @@ def test_receive_model_joins_chunks_one_call_at_a_time_and_checks_the_sha256(tmp
     shutil.rmtree(tmp_path / "models")
     bad = carry([(0, pieces[0]), (1, pieces[2]), (2, pieces[1])], sha)  # out of order: wrong bytes
     assert bad.returncode == 1 and "sha256" in bad.stderr and not (tmp_path / "models" / name).exists()
+
+
+def test_the_deadline_stops_runs_in_flight_and_leaves_no_json(tmp_path, monkeypatch):
+    from experiments import gsm8k_comparison as comparison
+
+    monkeypatch.setattr(comparison, "child_command", lambda run, args: [sys.executable, "-c", "import time; "
+                                                                         "time.sleep(60)"])
+    monkeypatch.setattr(comparison, "PRIOR_SECONDS", {False: 0.1, True: 0.1})  # predicted to fit: they start
+    args = comparison.parse_args(["--model", "m.gguf", "--gsm8k", "g", "--out", str(tmp_path), "--jobs", "2",
+                                  "--arms", "lora-r8", "--deadline-s", "2"])
+    start = time.monotonic()
+    comparison.run_all(args)
+    assert time.monotonic() - start < 30
+    assert plan.load_results(str(tmp_path)) == []
+    assert sorted(os.listdir(tmp_path / "final")) == ["base_lr1e-30_s0.log", "lora-r8_lr0.0005_s0.log"]
