@@ -38,19 +38,20 @@ R128 = {"adapter.rank": 128, "adapter.alpha": 128.0}
 SHARED_LR = 5e-4  # the configs' small-model lr: the papers' convention of one lr for every method
 BASE_LR = 1e-30   # `base`: one step at this lr evaluates the unchanged model through the same path
 
-# Listed by value: the LoRA-Pro claim (LoRA vs LoRA-Pro vs full) first, then the NLoRA family.
+# Listed by value (the plan's order within a tier): the LoRA-Pro claim's core (LoRA, LoRA-Pro, full), NLoRA against
+# LoRA at rank 128, then the other arms of each setting.
 ARMS = {arm.name: arm for arm in (
     Arm("lora-r8", "lora_llama", R8, 4e-3, "lorapro"),
     Arm("lorapro-r8", "lorapro_llama", {**R8, "optimizer.name": "lorapro"}, 4e-3, "lorapro"),
-    Arm("lorapro_adamw-r8", "lorapro_llama", {**R8, "optimizer.name": "lorapro_adamw"}, 2e-3, "lorapro"),
     Arm("full", "full_llama", {}, 1.25e-4, "lorapro", slots=2),
+    Arm("lora-r128", "lora_llama", R128, 1e-3, "nlora"),
+    Arm("nlora-r128", "nlora_llama", R128, 5e-4, "nlora"),
+    Arm("lorapro_adamw-r8", "lorapro_llama", {**R8, "optimizer.name": "lorapro_adamw"}, 2e-3, "lorapro"),
+    Arm("slora-r128", "slora_llama", R128, 1e-3, "nlora"),
+    Arm("pissa-r128", "pissa_llama", R128, 5e-4, "nlora"),
     Arm("lorapro-r8-rslora", "lorapro_llama", {**R8, "optimizer.name": "lorapro", "adapter.scaling": "rslora"},
         2e-3, "lorapro"),
-    Arm("lora-r128", "lora_llama", R128, 1e-3, "nlora"),
-    Arm("slora-r128", "slora_llama", R128, 1e-3, "nlora"),
-    Arm("nlora-r128", "nlora_llama", R128, 5e-4, "nlora"),
     Arm("nystrom-r128", "nystrom_llama", R128, 2.5e-4, "nlora"),
     Arm("inttune-r128", "inttune_llama", R128, 2e-3, "nlora"),
-    Arm("pissa-r128", "pissa_llama", R128, 5e-4, "nlora"),
 )}
 BASE = Arm("base", "lora_llama", R8, BASE_LR, "base")
