@@ -5,7 +5,7 @@
 #
 # Each call: installs the wheels carried in .whl (the GPU image lacks ml-collections, gguf, tensorboardX); takes a
 # model chunk carried in .model/send (experiments/receive_model.sh); once $HOME/models/MODEL_FILE is whole and no
-# comparison is running, starts one in the background (its own process session, so it outlives the call; flags
+# comparison is running, starts one in the background (setsid, so it outlives the call; flags
 # apply then), seeded with the results this checkout carries; waits up to WAIT_S seconds or until the comparison
 # ends; packs $HOME/results/<model-name> (JSON, logs of failed runs, the driver's log) into $OUT/results.tgz (also
 # every minute while waiting).
