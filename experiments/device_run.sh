@@ -4,8 +4,8 @@
 #   bash experiments/device_run.sh MODEL_FILE WAIT_S [flags of python -m experiments.gsm8k_comparison]
 #
 # Each call: installs the wheels carried in .whl (the GPU image lacks ml-collections, gguf, tensorboardX); takes a
-# model chunk carried in .model/send (experiments/receive_model.sh); once $HOME/models/MODEL_FILE is whole and no
-# comparison is running, starts one in the background (setsid, so it outlives the call; flags
+# model chunk carried in .model/send (experiments/receive_model.sh); once $HOME/models/MODEL_FILE is whole, no
+# comparison is running and flags are given, starts one in the background (setsid, so it outlives the call; flags
 # apply then), seeded with the results this checkout carries; waits up to WAIT_S seconds or until the comparison
 # ends; packs $HOME/results/<model-name> (JSON, logs of failed runs, the driver's log) into $OUT/results.tgz (also
 # every minute while waiting).
@@ -26,7 +26,10 @@ name=$(python3 -c 'import sys; from experiments.plan import model_name; print(mo
 results=$HOME/results/$name
 mkdir -p "$results"
 pidfile=$HOME/results/$name.pid
-if ! { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }; then
+running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+if ! running && [ $# -eq 0 ]; then
+  echo "no comparison running; flags (e.g. --jobs 3) start one"
+elif ! running; then
   [ -d "experiments/results/$name" ] && cp -rn "experiments/results/$name/." "$results/"
   export PYTHONUNBUFFERED=1 JAX_COMPILATION_CACHE_DIR=$HOME/.cache/lowrank_jax/jax
   setsid nohup python3 -m experiments.gsm8k_comparison --model "$model" --gsm8k "${GSM8K:-.data/gsm8k}" \
@@ -36,11 +39,11 @@ if ! { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }; then
 fi
 pack() { tar czf "${OUT:-/tmp}/results.tgz.tmp" -C "$HOME/results" "$name" && mv "${OUT:-/tmp}/results.tgz"{.tmp,}; }
 for second in $(seq "$wait_s"); do
-  kill -0 "$(cat "$pidfile")" 2>/dev/null || { echo "the comparison has ended"; break; }
+  running || { echo "the comparison is not running"; break; }
   sleep 1
   (( second % 60 )) || pack   # a call cut off at its time limit still returns the last minute's results
 done
-tail -n 25 "$results/driver.log"
+[ -f "$results/driver.log" ] && tail -n 25 "$results/driver.log"
 nvidia-smi --query-gpu=memory.used,memory.total,utilization.gpu --format=csv,noheader 2>/dev/null
 pack
 echo "packed $(find "$results" -name '*.json' | wc -l) results into results.tgz"
