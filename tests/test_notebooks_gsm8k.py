@@ -1,12 +1,14 @@
-"""The GSM8K comparison notebook executes against the committed results (nbclient; any cell error fails) and its
-table equals experiments/summarize.py's, so the figures cannot drift from the JSON."""
+"""The GSM8K comparison notebook executes against the committed results (nbclient; any cell error fails), prints
+experiments/summarize.py's tables for every model folder, and draws each from all of its runs, so the figures cannot
+drift from the JSON."""
 
+import os
 import pathlib
 
 import nbclient
 import nbformat
 
-from experiments.summarize import load, result_table, sweep_table
+from experiments.summarize import load, model_folders, summary
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "gsm8k_comparison.ipynb"
@@ -19,7 +21,10 @@ def test_gsm8k_comparison_notebook_executes_on_committed_results():
     nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
                             resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
     printed = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
-    sweep, final = (load(str(ROOT / "experiments" / "results"), stage) for stage in ("sweep", "final"))
-    assert len(final) > 0 and len(sweep) > 0
-    assert result_table(final) in printed and sweep_table(sweep) in printed
-    assert f"figure drawn from {len(sweep)} sweep runs and {len(final)} final runs" in printed
+    folders = model_folders(str(ROOT / "experiments" / "results"))
+    assert folders, "no committed results"
+    for folder in folders:
+        sweep, final = load(folder)
+        assert summary(folder) in printed
+        assert (f"{os.path.basename(folder)}: figure drawn from {len(sweep)} sweep runs and {len(final)} evaluated "
+                "runs") in printed
