@@ -33,7 +33,8 @@ def check_worked_solution(example):
     totals = []
     for line, (count, name) in zip(lines, ((first_count, first), (second_count, second)), strict=True):
         stated_count, stated_name, factor, legs, total = LINE.fullmatch(line).groups()
-        assert (stated_count, singular(stated_count, stated_name)) == (count, name) and factor == count and 1 <= int(count) <= 6
+        assert (stated_count, singular(stated_count, stated_name)) == (count, name)
+        assert factor == count and 1 <= int(count) <= 6
         if name in LEGS:
             assert int(legs) == LEGS[name], line
         assert int(count) * int(legs) == int(total)

@@ -9,10 +9,10 @@ GSM8K-style, one line per animal and the sum, and ends in `#### n`, so the GSM8K
   24 + 8 = 32
   #### 32
 
-SmolLM2-135M-Instruct gets almost none right before fine-tuning; a few dozen LoRA steps teach it the legs of each
-animal and the answer format, so the default run shows the accuracy move on a CPU. reasoning-gym draws the animals
-and counts; the text is written here, with the animals in alphabetical order, so that two problems with the same
-animals and counts are one question, which the held-out splits exclude from training.
+SmolLM2-135M-Instruct answers almost none of these right zero-shot; what fine-tuning has to teach (each animal's
+legs, small products and sums, the answer format) is short, so a CPU run can show the accuracy move. reasoning-gym
+draws the animals and counts; the text is written here, with the animals in alphabetical order, so that two problems
+with the same animals and counts are one question, which the held-out splits exclude from training.
 """
 
 from __future__ import annotations
