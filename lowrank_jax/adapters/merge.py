@@ -1,4 +1,4 @@
-"""`merge(model)`: folds every adapter into its base kernel, K + s·A M B, and returns a plain model of nnx.Linear."""
+"""`merge(model)`: folds every adapter into its base kernel, K + s·A M B, and returns a model of plain linear layers."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lowrank_jax.adapters.general_layer import AdaptedGeneral
 from lowrank_jax.adapters.layer import AdaptedLinear
 from lowrank_jax.adapters.module_paths import iter_module_paths, replace_module
 
@@ -20,7 +21,8 @@ def adapter_delta(layer: AdaptedLinear) -> jax.Array:
 
 
 def merge(model: nnx.Module) -> nnx.Module:
-    """A copy of `model` where each `AdaptedLinear` is replaced by its base `nnx.Linear` with ΔK folded in.
+    """A copy of `model` where each adapted layer is replaced by its base (`nnx.Linear`, `nnx.LinearGeneral`,
+    `nnx.Einsum`) with ΔK folded in (reshaped to the kernel's axes).
 
     The merged kernel is computed in float32 and stored in the base kernel's dtype; dropout and adapter variables
     are dropped. The input model is not modified.
@@ -42,6 +44,9 @@ def merge(model: nnx.Module) -> nnx.Module:
     adapted = [(path, module) for path, module in iter_module_paths(model) if isinstance(module, AdaptedLinear)]
     for path, layer in adapted:
         kernel = layer.base.kernel
-        kernel.set_value((kernel[...].astype(jnp.float32) + adapter_delta(layer)).astype(kernel.dtype))
+        delta = adapter_delta(layer)
+        if isinstance(layer, AdaptedGeneral):
+            delta = layer.layout.from_matrix(delta)
+        kernel.set_value((kernel[...].astype(jnp.float32) + delta).astype(kernel.dtype))
         replace_module(model, path, layer.base)
     return model
