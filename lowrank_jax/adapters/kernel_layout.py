@@ -60,18 +60,16 @@ def linear_general_layout(module: nnx.LinearGeneral) -> KernelLayout:
 
 
 def einsum_layout(module: nnx.Einsum) -> KernelLayout:
-    """The kernel axes of `module.einsum_str` 'lhs,rhs->out' (rhs = kernel): contracted (in lhs, not in the output)
-    = input axes, in the output but not in lhs = output axes, in all three = batch axes.
+    """The kernel axes of `module.einsum_str` 'lhs,rhs->out' (rhs = kernel; nnx.Einsum requires this explicit
+    two-operand form): contracted (in lhs, not in the output) = input axes, in the output but not in lhs = output
+    axes, in all three = batch axes.
 
     Raises:
-        ValueError: an implicit output (no '->'), an ellipsis or a repeated index in the kernel operand, a kernel
-            index summed away, or no input or no output axis: these have no matrix view for LoRA.
+        ValueError: an ellipsis or a repeated index in the kernel operand, a kernel index summed away, or no input
+            or no output axis: these have no matrix view for LoRA.
     """
     equation = module.einsum_str
     where = f"nnx.Einsum {equation!r}"
-    if "->" not in equation or equation.count(",") != 1:
-        raise ValueError(f"{where}: adapters need an explicit two-operand equation 'lhs,kernel->out'; write the "
-                         "output indices after '->'.")
     operands, output = equation.split("->")
     lhs, rhs = operands.split(",")
     if "." in rhs or len(set(rhs)) != len(rhs):
