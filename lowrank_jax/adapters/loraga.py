@@ -30,6 +30,9 @@ class LayerGradients(Mapping):
     def __getitem__(self, name: str) -> jax.Array:
         kernel_path = (*self._paths[name], "kernel")
         graphdef, kernel, rest = nnx.split(self._model, lambda path, _: tuple(path) == kernel_path, ...)
+        # Pure arrays in, so that merge builds fresh Variables inside the grad trace (a model that updates its own
+        # variables while running, e.g. a scanned one, may then do so).
+        kernel, rest = nnx.as_pure(kernel), nnx.as_pure(rest)
 
         @jax.jit
         def gradient(kernel, rest, batch):
@@ -37,7 +40,7 @@ class LayerGradients(Mapping):
 
         total = None
         for batch in self._batches:
-            (leaf,) = jax.tree.leaves(nnx.as_pure(gradient(kernel, rest, batch)))
+            (leaf,) = jax.tree.leaves(gradient(kernel, rest, batch))
             total = leaf.astype(jnp.float32) if total is None else total + leaf.astype(jnp.float32)
         return total / len(self._batches)
 
