@@ -59,9 +59,8 @@ class AdaptedLinearGeneral(AdaptedGeneral):
         >>> from flax import nnx
         >>> import jax.numpy as jnp
         >>> base = nnx.LinearGeneral((2, 3), 4, axis=(-2, -1), use_bias=False, rngs=nnx.Rngs(0))
-        >>> layout = linear_general_layout(base)
         >>> factors = InitFactors(jnp.ones((6, 1)), None, jnp.ones((1, 4)), None)
-        >>> layer = AdaptedLinearGeneral(base, layout, factors, scale=0.5)
+        >>> layer = AdaptedLinearGeneral(base, factors, scale=0.5)
         >>> layer(jnp.ones((5, 2, 3)))[0] - base(jnp.ones((5, 2, 3)))[0]
         Array([3., 3., 3., 3.], dtype=float32)
     """
@@ -95,9 +94,8 @@ class AdaptedEinsum(AdaptedGeneral):
         >>> base = nnx.Einsum("btd,dhk->bthk", (4, 2, 3), rngs=nnx.Rngs(0))
         >>> factors = InitFactors(jnp.ones((4, 1)), None, jnp.ones((1, 6)), None)
         >>> layer = AdaptedEinsum(base, factors, scale=1.0)
-        >>> (layer(jnp.ones((1, 1, 4))) - base(jnp.ones((1, 1, 4))))[0, 0]
-        Array([[4., 4., 4.],
-               [4., 4., 4.]], dtype=float32)
+        >>> layer(jnp.ones((1, 1, 4))).shape, layer.lora_b.shape  # out axes (h, k) = (2, 3) flattened to 6
+        ((1, 1, 2, 3), (1, 6))
     """
 
     def __init__(self, base: nnx.Einsum, factors: InitFactors, scale: float, **options):
