@@ -92,6 +92,35 @@ def test_bad_settings_fail_before_any_work():
         estimate_gradients(model, lambda m, b: 0.0, [1], "k_proj")
 
 
+class TwoLayers(nnx.Module):
+    def __init__(self, rngs):
+        self.layers = nnx.List([nnx.Linear(6, 6, rngs=rngs) for _ in range(3)])
+        self.out = nnx.LinearGeneral(6, (2, 3), rngs=rngs)
+
+    def __call__(self, x):
+        for layer in self.layers:
+            x = jnp.tanh(layer(x))
+        return self.out(x)
+
+
+@pytest.mark.parametrize("group_bytes", [1, 2**20], ids=["one_module_per_pass", "all_in_one_pass"])
+def test_estimate_gradients_is_the_mean_full_gradient(group_bytes):
+    model = TwoLayers(nnx.Rngs(0))
+    batches = [jnp.asarray(np.random.default_rng(seed).standard_normal((4, 6)), jnp.float32) for seed in range(3)]
+
+    def loss_fn(model, x):
+        return jnp.mean(model(x) ** 2)
+
+    gradients = estimate_gradients(model, loss_fn, batches, r"layers\.\d|out", group_bytes=group_bytes)
+    assert list(gradients) == ["layers.0", "layers.1", "layers.2", "out"]
+    full = [nnx.grad(loss_fn)(model, x) for x in batches]  # every parameter at once: the reference
+    for name in gradients:
+        index = name.split(".")
+        expected = np.mean([np.asarray(g[index[0]][int(index[1])]["kernel"][...] if len(index) > 1
+                                       else g["out"]["kernel"][...]) for g in full], axis=0)
+        np.testing.assert_allclose(gradients[name], expected, rtol=1e-5, atol=1e-7)
+
+
 HF_CONFIG = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False, rms_norm_eps=1e-5)
 # Two batches of 4 tokens: every gradient has rank ≤ 8 = 4r, so PEFT's randomized SVD (q = 4r) is exact.
