@@ -114,8 +114,10 @@ def _plan(model: nnx.Module, config: AdapterConfig, gradients) -> list[tuple[tup
         n_in, n_out = matrix_shape(linear)[-2:]
         rank = config.rank_for(name)
         if method.rank_factor * rank > min(n_in, n_out):
-            needed = "rank" if method.rank_factor == 1 else f"{method.rank_factor} x rank (method {method.name!r})"
-            problems.append(f"{name}: {needed} = {method.rank_factor * rank} > min(in, out) = min({n_in}, {n_out})")
+            needed = f"rank {rank}"
+            if method.rank_factor > 1:
+                needed = f"{method.name} needs {method.rank_factor} x {needed}"
+            problems.append(f"{name}: {needed} > min(in, out) = min({n_in}, {n_out})")
         if not jnp.issubdtype(linear.kernel.dtype, jnp.floating):
             problems.append(f"{name}: kernel dtype {linear.kernel.dtype} is not floating point")
     if problems:

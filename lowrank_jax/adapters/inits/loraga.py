@@ -1,7 +1,7 @@
 """LoRA-GA init (Wang et al. 2024, arXiv 2407.05000): factors from the top 2r singular vectors of the kernel's loss
 gradient, "stable" scale ∜out/√γ, base W − s·B0 A0 so the output is unchanged at init.
 
-With G = ∇_W L = U S Vᵀ (PEFT orientation, W (out, in)) the paper's (and the authors' default 'ArB2r') choice is
+With G = ∇_W L = U S Vᵀ (PEFT orientation, W (out, in)) the authors' default direction ('ArB2r', also PEFT's) is
 A0 = c·V[:, :r]ᵀ, B0 = c·U[:, r:2r], c = out^¼ / √γ: one SGD step on A and B then moves W by the best rank-2r
 approximation of G. The gradients come from `lowrank_jax.adapters.loraga.estimate_gradients`.
 """
