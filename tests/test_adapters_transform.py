@@ -222,7 +222,7 @@ def test_rank_alpha_patterns_and_rslora_scale():
     ({"rank": 0}, "rank must be an integer ≥ 1"),
     ({"rank": 9, "targets": r".*(q|down)_proj"}, "q_proj: rank 9 > min(in, out) = min(12, 8)"),
     ({"rank_pattern": {"down_proj": 13}, "targets": "down_proj"}, "rank 13 > min(in, out)"),
-    ({"targets": r".*norm"}, "not nnx.Linear: ['norm (RMSNorm)']"),
+    ({"targets": r".*norm"}, "not linear layers: ['norm (RMSNorm)']"),
     ({"targets": r"v_proj"}, "match no module (the pattern must fullmatch a dotted path). Linear layers in this "
                              "model: ['down_proj', 'q_proj']"),
     ({"dtype": "int8"}, "dtype must be one of"),
@@ -230,7 +230,7 @@ def test_rank_alpha_patterns_and_rslora_scale():
     ({"method": "inttune", "init_base": "slora"}, "M's gradient is exactly zero"),
     ({"method": "inttune", "init_base": "lora"}, "that init sets B = 0"),
     ({"method": "nlora", "init_base": "nlora"}, "init_base applies to method='inttune' only"),
-    ({"method": "nlora", "niter": 4}, "niter applies to pissa only"),
+    ({"method": "nlora", "niter": 4}, "niter applies to pissa and loraga only"),
     ({"method": "pissa", "oversampling": 4}, "oversampling applies to nystrom only"),
     ({"scaling": "sqrt"}, "scaling must be one of"),
     ({"dropout": 1.0}, "dropout must be a rate in [0, 1)"),

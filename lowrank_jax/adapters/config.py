@@ -25,7 +25,7 @@ class AdapterConfig:
 
     Attributes:
         method: a registered init (`lora`, `slora`, `nlora`, `nystrom`, `pissa`, `milora`, `olora`, `inttune`,
-            `dora`).
+            `dora`, `loraga`; loraga needs `adapt(..., gradients=...)`).
         rank: adapter rank r (≥ 1, ≤ min(in, out) of every target).
         alpha: scale numerator: s = alpha / r ('standard') or alpha / sqrt(r) ('rslora').
         targets: regex (or sequence of regexes) that must fullmatch the module path of each adapted `nnx.Linear`.
@@ -35,9 +35,11 @@ class AdapterConfig:
         alpha_pattern: {regex: alpha} overrides, matched the same way.
         dtype: adapter parameter dtype, one of float32 (default, also on a bf16 base), bfloat16, float16, float64.
         seed: seed of the random inits and dropout keys (each module and stacked layer gets its own key).
-        niter: pissa only: None = exact SVD, K = randomized SVD with K subspace iterations (PEFT's pissa_niter_K).
+        niter: pissa and loraga: None = exact SVD, K = randomized SVD with K subspace iterations (PEFT's
+            pissa_niter_K; LoRA-GA's authors use 4).
         oversampling: nystrom only: extra sketch columns ℓ (default r // 2).
         init_base: inttune only: the init whose M trains (default 'nlora'; 'nystrom' and other B ≠ 0 inits work).
+        stable_gamma: loraga only: γ of the stable scale out^¼/√γ on both factors (default 16, the authors').
 
     Example:
         >>> AdapterConfig(method="nystrom", rank=16, alpha=32, targets=r".*(q|v)_proj").scale_for("layers.q_proj")
@@ -57,6 +59,7 @@ class AdapterConfig:
     niter: int | None = None
     oversampling: int | None = None
     init_base: str | None = None
+    stable_gamma: float | None = None
 
     def __post_init__(self):
         get_method(self.method)
@@ -89,6 +92,9 @@ class AdapterConfig:
             base = get_method(self.init_base)
             if base.name == "inttune":
                 raise ValueError("init_base='inttune' is circular; use 'nlora' (the paper's) or 'nystrom'.")
+            if base.needs_gradient:
+                raise ValueError(f"inttune with init_base={base.name!r} is not supported: that init needs loss "
+                                 "gradients. Use init_base='nlora' or 'nystrom', or method='loraga' itself.")
             if base.zero_b:
                 raise ValueError(
                     f"inttune with init_base={base.name!r} cannot train: that init sets B = 0, so M's gradient is "
@@ -96,12 +102,17 @@ class AdapterConfig:
                 )
         if self.niter is not None:
             _check_int("niter", self.niter, minimum=0)
-            if self.init_method != "pissa":
-                raise ValueError(f"niter applies to pissa only (randomized SVD); remove it for {self.init_method!r}.")
+            if self.init_method not in ("pissa", "loraga"):
+                raise ValueError(f"niter applies to pissa and loraga only (randomized SVD); remove it for "
+                                 f"{self.init_method!r}.")
         if self.oversampling is not None:
             _check_int("oversampling", self.oversampling, minimum=0)
             if self.init_method != "nystrom":
                 raise ValueError(f"oversampling applies to nystrom only; remove it for {self.init_method!r}.")
+        if self.stable_gamma is not None:
+            _check_positive("stable_gamma", self.stable_gamma)
+            if self.method != "loraga":
+                raise ValueError(f"stable_gamma applies to method='loraga' only; remove it for {self.method!r}.")
 
     def __hash__(self):
         # Hashable so that the config can be a static argument of the jitted init.

@@ -1,5 +1,5 @@
 """`merge(model)`: folds every adapter into its base kernel, K + s·A M B (DoRA: m ⊙ (K + s·A B) / ‖K + s·A B‖),
-and returns a plain model of nnx.Linear."""
+and returns a model of plain linear layers."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ from flax import nnx
 
 from lowrank_jax.adapters.delta import adapter_delta
 from lowrank_jax.adapters.dora_layer import DoraLinear, dora_kernel
+from lowrank_jax.adapters.general_layer import AdaptedGeneral
 from lowrank_jax.adapters.layer import AdaptedLinear
 from lowrank_jax.adapters.module_paths import iter_module_paths, replace_module
 
 
 def merge(model: nnx.Module) -> nnx.Module:
-    """A copy of `model` where each `AdaptedLinear` is replaced by its base `nnx.Linear` with ΔK folded in.
+    """A copy of `model` where each adapted layer is replaced by its base (`nnx.Linear`, `nnx.LinearGeneral`,
+    `nnx.Einsum`) with ΔK folded in (reshaped to the kernel's axes).
 
     The merged kernel is computed in float32 and stored in the base kernel's dtype; dropout and adapter variables
     are dropped. A `DoraLinear` becomes the kernel it computes with, m ⊙ (K + ΔK) / ‖K + ΔK‖ (bias unchanged).
@@ -39,7 +41,10 @@ def merge(model: nnx.Module) -> nnx.Module:
         if isinstance(layer, DoraLinear):
             merged = dora_kernel(layer)
         else:
-            merged = kernel[...].astype(jnp.float32) + adapter_delta(layer)
+            delta = adapter_delta(layer)
+            if isinstance(layer, AdaptedGeneral):
+                delta = layer.layout.from_matrix(delta)
+            merged = kernel[...].astype(jnp.float32) + delta
         kernel.set_value(merged.astype(kernel.dtype))
         replace_module(model, path, layer.base)
     return model

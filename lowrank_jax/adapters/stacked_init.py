@@ -17,8 +17,12 @@ from lowrank_jax.adapters.inits import InitFactors, get_method
 
 
 @functools.partial(jax.jit, static_argnames=("rank", "scale", "config"))
-def init_stacked(kernel: jax.Array, key: jax.Array, rank: int, scale: float, config: AdapterConfig) -> InitFactors:
+def init_stacked(kernel: jax.Array, key: jax.Array, rank: int, scale: float, config: AdapterConfig,
+                 gradient: jax.Array | None = None) -> InitFactors:
     """Factors of every slice of `kernel` (…, in, out), each slice with its own key split from `key`.
+
+    `gradient` (…, in, out), the kernel's loss gradient, is required by (and only passed to) inits registered with
+    `needs_gradient` (LoRA-GA); it is upcast like the kernel.
 
     Jitted (rank, scale, config static). Matmuls run at full float32 precision for a float32 base (so residual
     inits preserve the output to fp32 rounding) and at the backend's default (TF32 on GPUs) for bf16/fp16 bases,
@@ -39,14 +43,19 @@ def init_stacked(kernel: jax.Array, key: jax.Array, rank: int, scale: float, con
     flat = kernel.reshape((math.prod(stack_shape), *matrix_shape))
     keys = jax.random.split(key, flat.shape[0])
     compute_dtype = jnp.promote_types(kernel.dtype, jnp.float32)
-    init = get_method(config.method).init
+    method = get_method(config.method)
+    if method.needs_gradient != (gradient is not None):
+        need = "needs the kernel's gradient" if method.needs_gradient else "takes no gradient"
+        raise ValueError(f"init_stacked: method {method.name!r} {need}.")
 
-    def one(matrix, slice_key):
-        return init(matrix.astype(compute_dtype), rank, scale, slice_key, config)
+    def one(matrix, slice_key, *slice_gradient):
+        extra = [g.astype(compute_dtype) for g in slice_gradient]
+        return method.init(matrix.astype(compute_dtype), rank, scale, slice_key, config, *extra)
 
+    gradients = () if gradient is None else (gradient.reshape(flat.shape),)
     precision = "highest" if jnp.dtype(kernel.dtype).itemsize >= 4 else "default"
     with jax.default_matmul_precision(precision):
-        factors = jax.vmap(one)(flat, keys)
+        factors = jax.vmap(one)(flat, keys, *gradients)
     adapter_dtype = jnp.dtype(config.dtype)
 
     def restack(array, dtype):

@@ -1,4 +1,5 @@
-"""`adapt(model, config)`: puts adapters on the `nnx.Linear` layers of any NNX model whose paths match the config.
+"""`adapt(model, config)`: puts adapters on the `nnx.Linear`, `nnx.LinearGeneral` and `nnx.Einsum` layers of any NNX
+model whose paths match the config.
 
 Works on plain and on stacked (nnx.vmap-created, kernel (L, in, out)) linears; every layer slice gets its own init.
 """
@@ -15,14 +16,17 @@ from flax import nnx
 from lowrank_jax.adapters.config import AdapterConfig, as_adapter_config
 from lowrank_jax.adapters.dora_layer import DoraLinear
 from lowrank_jax.adapters.inits import get_method
-from lowrank_jax.adapters.layer import AdaptedLinear
 from lowrank_jax.adapters.module_paths import dotted, iter_module_paths, replace_module
 from lowrank_jax.adapters.stacked_init import init_stacked
+from lowrank_jax.adapters.targets import ADAPTABLE, adapted_module, as_matrix, matrix_shape
 
 
-def adapt(model: nnx.Module, config: AdapterConfig | Mapping[str, Any]) -> nnx.Module:
-    """A copy of `model` with an `AdaptedLinear` (`DoraLinear` for DoRA) in place of every `nnx.Linear` whose path
-    fullmatches the targets.
+def adapt(model: nnx.Module, config: AdapterConfig | Mapping[str, Any],
+          gradients: Mapping[str, jax.Array] | None = None) -> nnx.Module:
+    """A copy of `model` with an adapter in place of every linear layer whose path fullmatches the targets.
+
+    `nnx.Linear` becomes `AdaptedLinear` (`DoraLinear` for DoRA); `nnx.LinearGeneral` and `nnx.Einsum` become
+    `AdaptedLinearGeneral` / `AdaptedEinsum`, LoRA over their kernels' flattened input and output axes.
 
     The input model is not modified (the copy shares its unchanged arrays). Module paths are attribute names joined
     with '.', e.g. 'layers.self_attn.q_proj'. All targets are checked (pattern, layer type, rank) before any init
@@ -31,13 +35,16 @@ def adapt(model: nnx.Module, config: AdapterConfig | Mapping[str, Any]) -> nnx.M
     Args:
         model: any NNX module containing `nnx.Linear` layers.
         config: an `AdapterConfig` or a dict of its fields.
+        gradients: for methods that read the loss gradient (loraga): {module path: ∂L/∂kernel of that module's
+            kernel shape}, e.g. `lowrank_jax.adapters.loraga.estimate_gradients(...)`, which computes each entry
+            when it is read, so only one module's gradient is in memory at a time. None for other methods.
 
     Returns:
         The adapted model.
 
     Raises:
-        ValueError: the targets match no linear layer, match a module that is not an `nnx.Linear`, or ask for a
-            rank above min(in, out) of a layer.
+        ValueError: the targets match no linear layer, match a module that is not a linear layer, ask for a
+            rank above min(in, out) of a layer, or gradients are missing (loraga) or given to another method.
 
     Example:
         >>> from flax import nnx
@@ -52,9 +59,11 @@ def adapt(model: nnx.Module, config: AdapterConfig | Mapping[str, Any]) -> nnx.M
     """
     config = as_adapter_config(config)
     model = nnx.clone(model)
-    targets = _plan(model, config)
+    targets = _plan(model, config, gradients)
     method = get_method(config.method)
-    layer_type = DoraLinear if method.weight_decomposed else AdaptedLinear
+    general = [dotted(path) for path, module in targets if not isinstance(module, nnx.Linear)]
+    if method.weight_decomposed and general:
+        raise ValueError(f"dora adapts nnx.Linear layers only, and the targets match {general}; narrow the targets.")
     root_key = jax.random.key(config.seed)
     for path, linear in targets:
         name = dotted(path)
@@ -62,43 +71,76 @@ def adapt(model: nnx.Module, config: AdapterConfig | Mapping[str, Any]) -> nnx.M
         init_key, dropout_key = jax.random.split(module_key)
         rank = config.rank_for(name)
         scale = config.scale_for(name)
-        factors = init_stacked(linear.kernel[...], init_key, rank=rank, scale=scale, config=config)
-        stack_shape = linear.kernel.shape[:-2]
+        gradient = _gradient_of(linear, name, gradients) if method.needs_gradient else None
+        factors = init_stacked(as_matrix(linear, linear.kernel[...]), init_key, rank=rank, scale=scale, config=config,
+                               gradient=gradient)
+        stack_shape = matrix_shape(linear)[:-2]
         dropout_keys = jax.random.split(dropout_key, stack_shape) if config.dropout > 0 else None
-        adapted = layer_type(
+        adapted = (DoraLinear if method.weight_decomposed else adapted_module)(
             linear, factors, scale, frozen=method.frozen, dropout=config.dropout, dropout_key=dropout_keys
         )
         replace_module(model, path, adapted)
     return model
 
 
-def _plan(model: nnx.Module, config: AdapterConfig) -> list[tuple[tuple, nnx.Linear]]:
+def _gradient_of(module, name: str, gradients: Mapping[str, jax.Array]) -> jax.Array:
+    """The module's gradient as (…, in, out) matrices, after checking its shape."""
+    gradient = gradients[name]
+    if tuple(gradient.shape) != tuple(module.kernel.shape):
+        raise ValueError(f"gradients[{name!r}] has shape {tuple(gradient.shape)}, but the kernel is "
+                         f"{tuple(module.kernel.shape)}; pass the gradient of the kernel itself.")
+    return as_matrix(module, gradient)
+
+
+def _plan(model: nnx.Module, config: AdapterConfig, gradients) -> list[tuple[tuple, nnx.Module]]:
     """The (path, linear) pairs to adapt, after checking every target; raises before any work is done."""
     modules = list(iter_module_paths(model))
-    linear_paths = [dotted(path) for path, module in modules if isinstance(module, nnx.Linear)]
+    linear_paths = [dotted(path) for path, module in modules if isinstance(module, ADAPTABLE)]
     matched = [(path, module) for path, module in modules if config.targets_match(dotted(path))]
     not_linear = [f"{dotted(path)} ({type(module).__name__})" for path, module in matched
-                  if not isinstance(module, nnx.Linear)]
+                  if not isinstance(module, ADAPTABLE)]
     if not_linear:
         raise ValueError(
-            f"targets {config.targets!r} match modules that are not nnx.Linear: {not_linear}. Adapters go on "
-            f"nnx.Linear layers only; narrow the pattern (it must fullmatch a path). Linear layers: {linear_paths}."
+            f"targets {config.targets!r} match modules that are not linear layers: {not_linear}. Adapters go on "
+            "nnx.Linear, nnx.LinearGeneral and nnx.Einsum layers only; narrow the pattern (it must fullmatch a "
+            f"path). Linear layers: {linear_paths}."
         )
     if not matched:
         raise ValueError(
             f"targets {config.targets!r} match no module (the pattern must fullmatch a dotted path). "
             f"Linear layers in this model: {linear_paths}."
         )
+    method = get_method(config.method)
+    _check_gradients(method, [dotted(path) for path, _ in matched], gradients)
     problems = []
     for path, linear in matched:
         name = dotted(path)
-        n_in, n_out = linear.kernel.shape[-2:]
+        n_in, n_out = matrix_shape(linear)[-2:]
         rank = config.rank_for(name)
-        if rank > min(n_in, n_out):
-            problems.append(f"{name}: rank {rank} > min(in, out) = min({n_in}, {n_out})")
+        if method.rank_factor * rank > min(n_in, n_out):
+            needed = f"rank {rank}"
+            if method.rank_factor > 1:
+                needed = f"{method.name} needs {method.rank_factor} x {needed}"
+            problems.append(f"{name}: {needed} > min(in, out) = min({n_in}, {n_out})")
         if not jnp.issubdtype(linear.kernel.dtype, jnp.floating):
             problems.append(f"{name}: kernel dtype {linear.kernel.dtype} is not floating point")
     if problems:
         raise ValueError("cannot adapt: " + "; ".join(problems) + ". Lower the rank (rank / rank_pattern) or "
                          "exclude these layers from targets.")
     return matched
+
+
+def _check_gradients(method, names: list[str], gradients) -> None:
+    if not method.needs_gradient:
+        if gradients is not None:
+            raise ValueError(f"gradients were given, but method {method.name!r} does not use them; drop them or "
+                             "use method='loraga'.")
+        return
+    if gradients is None:
+        raise ValueError(f"method {method.name!r} initialises from loss gradients: pass adapt(model, config, "
+                         "gradients=lowrank_jax.adapters.loraga.estimate_gradients(model, loss_fn, batches, "
+                         "config.targets)).")
+    missing = [name for name in names if name not in gradients]
+    if missing:
+        raise ValueError(f"gradients has no entry for the targets {missing}; estimate them with the same targets "
+                         "as the adapter config.")

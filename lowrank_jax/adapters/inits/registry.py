@@ -1,6 +1,7 @@
 """The registry of adapter initialisations: one small function per method, found by name.
 
-A method is a function `(kernel (in, out), rank, scale, key, config) -> InitFactors` registered with `register_init`.
+A method is a function `(kernel (in, out), rank, scale, key, config) -> InitFactors` registered with `register_init`;
+a method registered with `needs_gradient=True` also receives `gradient (in, out)`, the loss gradient of the kernel.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class AdapterMethod:
         zero_b: True when the init sets B = 0 (ΔK = 0 at step 0 without touching the base).
         frozen: names of factors (`lora_a`, `lora_b`, `lora_m`) that do not train.
         weight_decomposed: True for DoRA: the layer also trains a magnitude per output column (`DoraLinear`).
+        needs_gradient: True when the init reads the kernel's loss gradient (`adapt(..., gradients=...)`).
+        rank_factor: the init needs rank_factor · r ≤ min(in, out) (LoRA-GA reads 2r singular vectors).
     """
 
     name: str
@@ -50,14 +53,15 @@ class AdapterMethod:
     zero_b: bool
     frozen: tuple[str, ...]
     weight_decomposed: bool = False
+    needs_gradient: bool = False
+    rank_factor: int = 1
 
 
 METHODS: dict[str, AdapterMethod] = {}
 
 
-def register_init(
-    name: str, *, zero_b: bool = False, frozen: tuple[str, ...] = (), weight_decomposed: bool = False
-) -> Callable[[InitFn], InitFn]:
+def register_init(name: str, *, zero_b: bool = False, frozen: tuple[str, ...] = (), weight_decomposed: bool = False,
+                  needs_gradient: bool = False, rank_factor: int = 1) -> Callable[[InitFn], InitFn]:
     """Registers `fn` as the init of `method=name`.
 
     Args:
@@ -65,6 +69,8 @@ def register_init(
         zero_b: whether the init sets B = 0 (such inits cannot be IntTune's base).
         frozen: factor names that are frozen (`FrozenFactor`) instead of trainable (`nnx.LoRAParam`).
         weight_decomposed: whether `adapt` builds a `DoraLinear` (magnitude ⊙ normalised direction) for it.
+        needs_gradient: the init takes a sixth argument, the kernel's loss gradient (in, out).
+        rank_factor: the init needs rank_factor · r ≤ min(in, out); `adapt` checks it before any init runs.
 
     Returns:
         A decorator that registers and returns the function unchanged.
@@ -82,7 +88,8 @@ def register_init(
         if name in METHODS:
             raise ValueError(f"adapter method {name!r} is already registered (by {METHODS[name].init.__qualname__}).")
         METHODS[name] = AdapterMethod(name=name, init=fn, zero_b=zero_b, frozen=tuple(frozen),
-                                      weight_decomposed=weight_decomposed)
+                                      weight_decomposed=weight_decomposed, needs_gradient=needs_gradient,
+                                      rank_factor=rank_factor)
         return fn
 
     return register

@@ -1,0 +1,23 @@
+"""LoRA-GA: adapters from the top singular vectors of the loss gradient on a few training batches, residual frozen
+(Wang et al. 2024, arXiv 2407.05000; the authors' ArB2r directions and stable scale out^¼/√γ, γ = 16).
+
+Run (the embedded default: SmolLM2-135M-Instruct, offline data, CPU-friendly):
+  python train.py --config=configs/loraga_llama.py
+Presets: python train.py --config=configs/loraga_llama.py:llama2_7b   (the paper's Llama-2-7B setting: r = 8, alpha = 16, lr 2e-5; randomized SVD with --config.adapter.niter=4 as the authors)
+         python train.py --config=configs/loraga_llama.py:gsm8k       (SmolLM2 on real GSM8K; --config.data.train=DIR)
+Overrides: --config.adapter.stable_gamma=64 --config.loraga.gradient_batches=16 --config.workdir=runs/x
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(preset=None):
+    config = common.get_config(preset, method="loraga", rank=8, alpha=16.0, learning_rate=2e-5,
+                               small_model_learning_rate=5e-4)
+    config.adapter.stable_gamma = 16.0  # γ in the stable scale out^¼/√γ of both factors
+    # Training batches whose mean loss gradient initialises the adapters (each of data.batch_size rows; the
+    # authors average 64 batches of 2 samples).
+    config.loraga = ml_collections.ConfigDict(dict(gradient_batches=8))
+    return config
