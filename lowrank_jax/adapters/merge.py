@@ -1,4 +1,7 @@
-"""`merge(model)`: folds every adapter into its base kernel, K + s·A M B, and returns a plain model of nnx.Linear."""
+"""`merge(model)`: folds every adapter into its base kernel, K + s·A M B, and returns a plain model of nnx.Linear.
+
+Quantized bases (`QuantizedLinear`) are dequantized first: the merged model is dense, in the base's original dtype.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +9,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lowrank_jax.adapters.frozen_base import as_linear
 from lowrank_jax.adapters.layer import AdaptedLinear
 from lowrank_jax.adapters.module_paths import iter_module_paths, replace_module
+from lowrank_jax.quant.transform import dequantize
 
 
 def adapter_delta(layer: AdaptedLinear) -> jax.Array:
@@ -23,7 +28,8 @@ def merge(model: nnx.Module) -> nnx.Module:
     """A copy of `model` where each `AdaptedLinear` is replaced by its base `nnx.Linear` with ΔK folded in.
 
     The merged kernel is computed in float32 and stored in the base kernel's dtype; dropout and adapter variables
-    are dropped. The input model is not modified.
+    are dropped. Every quantized layer, adapted or not, comes back as a dense `nnx.Linear` holding its dequantized
+    kernel (plus ΔK where adapted). The input model is not modified.
 
     Example:
         >>> from flax import nnx
@@ -41,7 +47,8 @@ def merge(model: nnx.Module) -> nnx.Module:
     model = nnx.clone(model)
     adapted = [(path, module) for path, module in iter_module_paths(model) if isinstance(module, AdaptedLinear)]
     for path, layer in adapted:
-        kernel = layer.base.kernel
+        base = as_linear(layer.base)
+        kernel = base.kernel
         kernel.set_value((kernel[...].astype(jnp.float32) + adapter_delta(layer)).astype(kernel.dtype))
-        replace_module(model, path, layer.base)
-    return model
+        replace_module(model, path, base)
+    return dequantize(model)

@@ -1,6 +1,7 @@
 """`adapt(model, config)`: puts adapters on the `nnx.Linear` layers of any NNX model whose paths match the config.
 
-Works on plain and on stacked (nnx.vmap-created, kernel (L, in, out)) linears; every layer slice gets its own init.
+Works on plain and on stacked (nnx.vmap-created, kernel (L, in, out)) linears, and on quantized ones
+(`QuantizedLinear`: inits see the dequantized kernel); every layer slice gets its own init.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lowrank_jax.adapters.config import AdapterConfig, as_adapter_config
+from lowrank_jax.adapters.frozen_base import FROZEN_BASES, dense_kernel
 from lowrank_jax.adapters.inits import get_method
 from lowrank_jax.adapters.layer import AdaptedLinear
 from lowrank_jax.adapters.module_paths import dotted, iter_module_paths, replace_module
 from lowrank_jax.adapters.stacked_init import init_stacked
+from lowrank_jax.quant.layer import QuantizedLinear
 
 
 def adapt(model: nnx.Module, config: AdapterConfig | Mapping[str, Any]) -> nnx.Module:
@@ -59,8 +62,9 @@ def adapt(model: nnx.Module, config: AdapterConfig | Mapping[str, Any]) -> nnx.M
         init_key, dropout_key = jax.random.split(module_key)
         rank = config.rank_for(name)
         scale = config.scale_for(name)
-        factors = init_stacked(linear.kernel[...], init_key, rank=rank, scale=scale, config=config)
-        stack_shape = linear.kernel.shape[:-2]
+        kernel = dense_kernel(linear)
+        factors = init_stacked(kernel, init_key, rank=rank, scale=scale, config=config)
+        stack_shape = kernel.shape[:-2]
         dropout_keys = jax.random.split(dropout_key, stack_shape) if config.dropout > 0 else None
         adapted = AdaptedLinear(
             linear, factors, scale, frozen=method.frozen, dropout=config.dropout, dropout_key=dropout_keys
@@ -69,17 +73,17 @@ def adapt(model: nnx.Module, config: AdapterConfig | Mapping[str, Any]) -> nnx.M
     return model
 
 
-def _plan(model: nnx.Module, config: AdapterConfig) -> list[tuple[tuple, nnx.Linear]]:
+def _plan(model: nnx.Module, config: AdapterConfig) -> list[tuple[tuple, nnx.Linear | QuantizedLinear]]:
     """The (path, linear) pairs to adapt, after checking every target; raises before any work is done."""
     modules = list(iter_module_paths(model))
-    linear_paths = [dotted(path) for path, module in modules if isinstance(module, nnx.Linear)]
+    linear_paths = [dotted(path) for path, module in modules if isinstance(module, FROZEN_BASES)]
     matched = [(path, module) for path, module in modules if config.targets_match(dotted(path))]
     not_linear = [f"{dotted(path)} ({type(module).__name__})" for path, module in matched
-                  if not isinstance(module, nnx.Linear)]
+                  if not isinstance(module, FROZEN_BASES)]
     if not_linear:
         raise ValueError(
             f"targets {config.targets!r} match modules that are not nnx.Linear: {not_linear}. Adapters go on "
-            f"nnx.Linear layers only; narrow the pattern (it must fullmatch a path). Linear layers: {linear_paths}."
+            f"nnx.Linear (or quantized QuantizedLinear) layers only; narrow the pattern (it must fullmatch a path). Linear layers: {linear_paths}."
         )
     if not matched:
         raise ValueError(
@@ -89,12 +93,13 @@ def _plan(model: nnx.Module, config: AdapterConfig) -> list[tuple[tuple, nnx.Lin
     problems = []
     for path, linear in matched:
         name = dotted(path)
-        n_in, n_out = linear.kernel.shape[-2:]
+        n_in, n_out = (linear.in_features, linear.out_features)
         rank = config.rank_for(name)
         if rank > min(n_in, n_out):
             problems.append(f"{name}: rank {rank} > min(in, out) = min({n_in}, {n_out})")
-        if not jnp.issubdtype(linear.kernel.dtype, jnp.floating):
-            problems.append(f"{name}: kernel dtype {linear.kernel.dtype} is not floating point")
+        kernel_dtype = linear.param_dtype if isinstance(linear, QuantizedLinear) else linear.kernel.dtype
+        if not jnp.issubdtype(kernel_dtype, jnp.floating):
+            problems.append(f"{name}: kernel dtype {kernel_dtype} is not floating point")
     if problems:
         raise ValueError("cannot adapt: " + "; ".join(problems) + ". Lower the rank (rank / rank_pattern) or "
                          "exclude these layers from targets.")
