@@ -15,6 +15,7 @@ from flax import nnx
 
 from configs import common
 from lowrank_jax.adapters import adapt, merge
+from lowrank_jax.adapters.merge import adapter_delta
 from lowrank_jax.adapters.inits.registry import METHODS
 from lowrank_jax.models import Llama, LlamaConfig
 from lowrank_jax.quant import (NF4_CODE_BOOK, QuantizeConfig, QuantizedLinear, QuantizedWeight, dequantize,
@@ -162,29 +163,26 @@ def test_quantized_parts_carry_the_kernels_axis_names():
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_adapts_a_quantized_base(method):
     """Adapting a quantized model: inits read the dequantized kernel; a residual init requantizes the residual, so the
-    output at init moves by that residual's quantization error only (none for B = 0 inits); merge dequantizes."""
+    effective kernel at init moves by that residual's quantization error only (not at all for B = 0 inits); merge
+    dequantizes every quantized layer, adapted or not."""
     quantized = quantize(small_llama(), "nf4")
-    adapted = adapt(quantized, {"method": method, "rank": 4, "alpha": 8.0})
-    layer = adapted.layers.self_attn.q_proj
+    adapted = adapt(quantized, {"method": method, "rank": 4, "alpha": 8.0, "targets": ".*q_proj"})
+    layer, original = adapted.layers.self_attn.q_proj, quantized.layers.self_attn.q_proj
     assert isinstance(layer.base, QuantizedLinear)
-    ids = jax.random.randint(jax.random.key(4), (2, 8), 0, 96)
-    before, after = jitted_logits(quantized, ids), jitted_logits(adapted, ids)
-    if not hasattr(layer, "lora_a_init"):  # the base is untouched; B = 0 inits leave the output as it was
+    delta = adapter_delta(layer)
+    if not hasattr(layer, "lora_a_init"):  # the base is untouched; B = 0 inits leave the kernel as it was
         jax.tree.map(np.testing.assert_array_equal, nnx.state(layer.base, QuantizedWeight),
-                     nnx.state(quantized.layers.self_attn.q_proj, QuantizedWeight))
-        if METHODS[method].zero_b:
-            np.testing.assert_allclose(after, before, atol=1e-6)
-    else:  # the stored residual is Q(W - sAB): within NF4's error of W - sAB
-        original = quantized.layers.self_attn.q_proj.dequantize()
-        residual = original - layer.lora_scale[...][:, None, None] * (layer.lora_a[...] @ layer.lora_b[...])
-        requantized = layer.base.dequantize()
-        blocks = np.abs(np.asarray(residual)).reshape(2, 1, 64, 64).max(2)
-        assert np.all(np.abs(np.asarray(requantized - residual)).reshape(2, 1, 64, 64).max(2)
-                      <= blocks * (1 - NF4_CODE_BOOK[1]) / 2 * 1.01)
+                     nnx.state(original, QuantizedWeight))
+        assert (float(jnp.abs(delta).max()) == 0) == METHODS[method].zero_b
+    else:  # the stored residual is Q(W - ΔK): within NF4's rounding error of W - ΔK
+        residual = np.asarray(original.dequantize() - delta)
+        error = np.abs(np.asarray(layer.base.dequantize()) - residual).reshape(2, 1, 64, 64).max(2)
+        assert np.all(error <= np.abs(residual).reshape(2, 1, 64, 64).max(2) * (1 - NF4_CODE_BOOK[1]) / 2 * 1.01)
     merged = merge(adapted)
-    assert isinstance(merged.layers.self_attn.q_proj, nnx.Linear)
-    assert isinstance(merged.layers.mlp.up_proj, nnx.Linear)  # quantized, not adapted: dequantized too
-    np.testing.assert_allclose(jitted_logits(merged, ids), after, atol=2e-5)
+    np.testing.assert_allclose(merged.layers.self_attn.q_proj.kernel[...], layer.base.dequantize() + delta,
+                               atol=1e-6)
+    assert isinstance(merged.layers.mlp.up_proj, nnx.Linear)  # quantized, not adapted
+    np.testing.assert_array_equal(merged.layers.mlp.up_proj.kernel[...], quantized.layers.mlp.up_proj.dequantize())
 
 
 def test_adapt_then_quantize_keeps_the_adapter_and_quantizes_the_residual():
@@ -196,6 +194,8 @@ def test_adapt_then_quantize_keeps_the_adapter_and_quantizes_the_residual():
     dense = adapted.layers.mlp.up_proj.base.kernel[...]
     step = np.abs(np.asarray(dense)).max(axis=1, keepdims=True) / 127
     assert np.all(np.abs(np.asarray(layer.base.dequantize() - dense)) <= step / 2 * (1 + 1e-5))
+    ids = jax.random.randint(jax.random.key(4), (2, 8), 0, 96)
+    np.testing.assert_allclose(jitted_logits(quantized, ids), jitted_logits(merge(quantized), ids), atol=2e-5)
 
 
 def test_bad_settings_fail_clearly():
@@ -203,8 +203,12 @@ def test_bad_settings_fail_clearly():
         QuantizeConfig("int4")
     with pytest.raises(ValueError, match="block_size"):
         QuantizeConfig("nf4", block_size=63)
-    with pytest.raises(ValueError, match="in = 96 is not a multiple of block_size 64"):
-        quantize(nnx.Linear(96, 8, rngs=nnx.Rngs(0)), {"format": "nf4", "targets": ".*"})
+    class Odd(nnx.Module):
+        def __init__(self):
+            self.up_proj = nnx.Linear(96, 8, rngs=nnx.Rngs(0))
+
+    with pytest.raises(ValueError, match="up_proj: in = 96 is not a multiple of block_size 64"):
+        quantize(Odd(), "nf4")
     with pytest.raises(ValueError, match="match no nnx.Linear"):
         quantize(small_llama(), {"format": "int8", "targets": "nothing"})
 
@@ -226,7 +230,7 @@ def test_qlora_trains_through_the_train_step(optimizer):
              "positions": jnp.broadcast_to(jnp.arange(16), ids.shape)}
     frozen_before = jax.tree.map(np.asarray, state.frozen)
     trainable, rngs, losses = state.trainable, state.rngs, []
-    for _ in range(6):
+    for _ in range(4):
         trainable, opt_state, rngs, metrics = step(trainable, opt_state, rngs, state.frozen, batch)
         losses.append(float(metrics["loss"]))
     assert all(math.isfinite(loss) for loss in losses)

@@ -14,7 +14,15 @@ FROZEN_BASES = (nnx.Linear, QuantizedLinear)
 
 
 def dense_kernel(base: nnx.Linear | QuantizedLinear) -> jax.Array:
-    """The kernel (…, in, out) in its stored dtype (a quantized base's: dequantized, in its original dtype)."""
+    """The kernel (…, in, out) in its stored dtype (a quantized base's: dequantized, in its original dtype).
+
+    Example:
+        >>> from lowrank_jax.quant import QuantizeConfig
+        >>> linear = nnx.Linear(64, 4, rngs=nnx.Rngs(0))
+        >>> quantized = QuantizedLinear(linear, QuantizeConfig("int8"))
+        >>> dense_kernel(quantized).shape, bool(abs(dense_kernel(quantized) - dense_kernel(linear)).max() < 1e-3)
+        ((64, 4), True)
+    """
     return base.dequantize() if isinstance(base, QuantizedLinear) else base.kernel[...]
 
 
