@@ -1,41 +1,18 @@
-"""Fine-tune a Llama-family model with low-rank adapters (or fully), sharded over every device, then evaluate.
+"""Fine-tune a model with low-rank adapters (or fully), sharded over every device, then evaluate and export.
 
   python train.py                                        # the embedded default: Nyström-NLoRA on SmolLM2-135M, CPU
   python train.py --config=configs/nlora_llama.py:llama2_7b --config.model.path=/models/Llama-2-7b-hf
   python train.py --config=configs/lorapro_llama.py --config.optimizer.name=lorapro_adamw --config.resume=True
 
-Data flows config -> data -> model -> adapters -> optimizer -> step -> checkpoint -> eval, in that order below.
+The loop itself is `lowrank_jax.training.loop.run(config)`.
 """
 
-from __future__ import annotations
-
-import json
-import math
 import os
-import time
-from collections.abc import Callable
-from typing import Any, NamedTuple
 
-import jax
-import numpy as np
-from absl import app
-from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from absl import app, logging
 from ml_collections import config_flags
-from tqdm import tqdm
 
-from lowrank_jax import adapt, export_peft, merge
-from lowrank_jax.data import build_batches, load_splits
-from lowrank_jax.evaluation.gsm8k_eval import evaluate
-from lowrank_jax.evaluation.token_loss_eval import mean_token_loss
-from lowrank_jax.models import save_pretrained
-from lowrank_jax.sharding import BATCH_AXES, make_mesh
-from lowrank_jax.training.checkpoint import Checkpointer
-from lowrank_jax.training.config_check import adapter_config_from, check_config
-from lowrank_jax.training.metrics_log import MetricsLog
-from lowrank_jax.training.model_source import load_model
-from lowrank_jax.training.optimizer import build_optimizer, build_schedule
-from lowrank_jax.training.placement import init_optimizer, jit_train_step, split_onto_mesh
+from lowrank_jax.training.loop import run
 
 # JAX's GPU allocator takes 75% of GPU memory by default, and the 7B preset's train step needs a 54 GiB block
 # beside 13 GiB of weights on an 80 GB GPU. Read when JAX first touches a device, which no import above does; a
@@ -46,178 +23,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/nystrom_llama.py", 
                                           lock_config=True)
 
 
-def maybe_initialize_distributed(cfg) -> None:
-    """Joins a multi-process run: explicit coordinator settings, or JAX's auto-detection on pods / SLURM."""
-    if cfg.num_processes > 1:
-        jax.distributed.initialize(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
-    elif cfg.auto:
-        jax.distributed.initialize()
-
-
-def global_batch(local: dict[str, np.ndarray], sharding, accum: int) -> dict[str, jax.Array]:
-    """This process's rows (B_local, T) -> global (accum, B / accum, T) arrays split over the batch axes."""
-    def one(x):
-        x = x.reshape(accum, x.shape[0] // accum, *x.shape[1:])
-        shape = (accum, x.shape[1] * jax.process_count(), *x.shape[2:])
-        return jax.make_array_from_process_local_data(sharding, x, shape)
-    return {k: one(v) for k, v in local.items()}
-
-
-class RunResult(NamedTuple):
-    """What a run leaves in memory: the report (also in <workdir>/report.json) and the final states."""
-
-    report: dict
-    trainable: Any   # pure tree of the trained parameters
-    frozen: Any      # pure tree of everything else, as placed on the mesh
-
-
-def on_mesh(mesh: Mesh, fn: Callable) -> Callable:
-    """`fn`, called with `mesh` set, so that per-device kernels (cuDNN packed attention) find it when traced. Only
-    around what runs the model: under a mesh, flax's `nnx.eval_shape` (model loading) reads logical names as mesh
-    axes and fails."""
-    def call(*args, **kwargs):
-        with jax.set_mesh(mesh):
-            return fn(*args, **kwargs)
-    return call
-
-
-def run(config) -> RunResult:
-    """Runs the whole job the config describes (the same code path as the command line)."""
-    model_path = check_config(config)           # every value checked before anything heavy happens
-    maybe_initialize_distributed(config.distributed)
-    devices = jax.devices()[:config.mesh.devices] if config.mesh.devices else None
-    mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices=devices)
-    batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
-    micro_batch = config.data.batch_size // config.data.grad_accum
-    if micro_batch % batch_devices or micro_batch % jax.process_count():
-        raise ValueError(f"config: data.batch_size / data.grad_accum = {micro_batch} rows must split evenly over "
-                         f"data*fsdp = {batch_devices} devices and {jax.process_count()} processes; change "
-                         "data.batch_size, data.grad_accum or mesh")
-    is_main = jax.process_index() == 0
-    log = MetricsLog(config.workdir)
-    if is_main:
-        os.makedirs(config.workdir, exist_ok=True)
-        with open(os.path.join(config.workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
-
-    # data
-    model, model_config, tokenizer = load_model(config.model, model_path, config.seed)
-    splits = load_splits(config.data)
-    batches = build_batches(splits, tokenizer, config.data, process_index=jax.process_index(),
-                            process_count=jax.process_count())
-    total_steps = config.train.steps or batches.steps_per_epoch() * config.data.epochs
-    total_steps = int(math.ceil(total_steps))
-    report = {"method": config.adapter.method, "optimizer": config.optimizer.name, "steps": total_steps,
-              "attention_impl": model_config.attention_impl}
-
-    def validation_loss(model) -> float:
-        return on_mesh(mesh, mean_token_loss)(model, batches.validation())[0]
-
-    report["val_loss_before"] = validation_loss(model)
-    if config.eval.before_and_after:
-        report["before"] = on_mesh(mesh, evaluate)(model, tokenizer, splits.test, config.eval, config.data.template,
-                                                   os.path.join(config.workdir, "predictions_before.jsonl"))
-
-    # adapters
-    if config.adapter.method != "full":
-        model = adapt(model, adapter_config_from(config.adapter))
-    state = split_onto_mesh(model, mesh, full=config.adapter.method == "full")
-    del model
-    graphdef, trainable, rngs, frozen = state.graphdef, state.trainable, state.rngs, state.frozen
-    report["trainable_params"] = int(sum(x.size for x in jax.tree.leaves(trainable)))
-
-    # optimizer and step
-    optimizer = build_optimizer(config.optimizer, total_steps, state.scales, frozen)
-    opt_state = init_optimizer(optimizer, trainable, mesh)
-    step_fn = on_mesh(mesh, jit_train_step(state, optimizer, opt_state))
-    schedule = build_schedule(config.optimizer, total_steps)
-    batch_sharding = NamedSharding(mesh, PartitionSpec(None, BATCH_AXES))
-
-    # checkpoint
-    ckpt = Checkpointer(config.workdir, keep=config.train.keep_checkpoints)
-    start = 0
-    if config.resume and ckpt.latest_step() is not None:
-        items, meta = ckpt.restore({"trainable": trainable, "opt_state": opt_state, "rngs": rngs})
-        trainable, opt_state, rngs = items["trainable"], items["opt_state"], items["rngs"]
-        batches.train.restore(meta["data"])
-        start = meta["step"]
-        print(f"resumed from step {start} in {ckpt.directory}")
-
-    stop = min(total_steps, config.train.stop_after or total_steps)
-    bar = tqdm(total=total_steps, initial=start, disable=not is_main, desc=config.adapter.method)
-    tokens, t0 = 0.0, time.perf_counter()
-
-    def record(step, metrics):
-        """Host side of a finished step: stop on a non-finite loss, else log."""
-        nonlocal tokens
-        loss = float(metrics["loss"])
-        if not math.isfinite(loss):
-            ckpt.wait()
-            raise FloatingPointError(
-                f"loss is {loss} at step {step}; stopped. The last good checkpoint (step {ckpt.latest_step()}) is "
-                f"intact in {ckpt.directory}: lower optimizer.learning_rate or set optimizer.grad_clip and resume.")
-        tokens += float(metrics["tokens"])
-        if step % config.train.log_every == 0 or step == stop:
-            rate = tokens / (time.perf_counter() - t0)
-            scalars = {"train/loss": loss, "train/lr": float(schedule(step - 1)),
-                       "train/grad_norm": float(metrics["grad_norm"]), "train/tokens_per_s": rate}
-            log.write(step, scalars)
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{scalars['train/lr']:.2e}", tok_s=f"{rate:.0f}")
-
-    pending = None
-    for step in range(start, stop):
-        local = next(batches.train)
-        batch = global_batch(local, batch_sharding, config.data.grad_accum)
-        trainable, opt_state, rngs, metrics = step_fn(trainable, opt_state, rngs, frozen, batch)
-        if pending is not None:          # read the previous step's loss while this one runs
-            record(*pending)
-        pending = (step + 1, metrics)
-        bar.update(1)
-        if (step + 1) % config.train.checkpoint_every == 0 or step + 1 == stop:
-            record(*pending)             # never checkpoint a state whose loss was not finite
-            pending = None
-            ckpt.save(step + 1, {"trainable": trainable, "opt_state": opt_state, "rngs": rngs},
-                      {"data": batches.train.state()})
-        if config.train.eval_every and (step + 1) % config.train.eval_every == 0 and step + 1 < total_steps:
-            val_loss = validation_loss(nnx.merge(graphdef, trainable, rngs, frozen))
-            log.write(step + 1, {"val/loss": val_loss})   # the last step's is measured below, with the report
-    bar.close()
-    ckpt.wait()
-    if stop < total_steps:
-        print(f"stopped after step {stop} of {total_steps} (train.stop_after); continue with --config.resume=True")
-        log.close()
-        return RunResult(report, trainable, frozen)
-    report["train_seconds"] = time.perf_counter() - t0
-
-    # eval and export
-    model = nnx.merge(graphdef, trainable, rngs, frozen)
-    report["val_loss"] = validation_loss(model)
-    log.write(total_steps, {"val/loss": report["val_loss"]})
-    if config.eval.before_and_after or config.eval.after:
-        report["after"] = on_mesh(mesh, evaluate)(model, tokenizer, splits.test, config.eval, config.data.template,
-                                                  os.path.join(config.workdir, "predictions_after.jsonl"))
-    if is_main and config.adapter.method != "full" and config.train.export_peft:
-        export_peft(model, os.path.join(config.workdir, "peft"), base=model_path)
-    if is_main and config.train.export_merged:
-        merged = merge(model) if config.adapter.method != "full" else model
-        save_pretrained(merged, os.path.join(config.workdir, "merged"))
-    log.close()
-    ckpt.close()
-    if is_main:
-        with open(os.path.join(config.workdir, "report.json"), "w") as f:
-            json.dump(report, f, indent=2, default=float)
-        print(json.dumps({k: v for k, v in report.items() if k not in ("before", "after")}, default=float))
-        for name in ("before", "after"):
-            if name in report:
-                r = report[name]
-                print(f"{name:>6}: accuracy {r['accuracy']:.3f} ({r['correct']}/{r['n']}), "
-                      f"answer-token loss {r['answer_loss']:.4f}")
-        print(f"held-out loss: {report['val_loss_before']:.4f} before -> {report['val_loss']:.4f} after")
-    return RunResult(report, trainable, frozen)
-
-
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint at INFO, through the progress bar
     run(_CONFIG.value)
 
 

@@ -26,13 +26,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding
 
 from bench.common import attention_forward_flops, environment, format_table, write_json
 from lowrank_jax.models import Llama, LlamaConfig
 from lowrank_jax.models.masks import padding_and_segment_mask
 from lowrank_jax.models.packed_attention import MAX_PACKED_SEGMENTS, packed_causal_attention, packed_segments
-from lowrank_jax.sharding import BATCH_AXES, make_mesh
+from lowrank_jax.sharding import make_mesh, spec_for
 
 SMALL = dict(vocab_size=512, hidden_size=512, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=8,
              num_key_value_heads=4, head_dim=128, max_position_embeddings=4096)
@@ -69,7 +69,7 @@ def loss_and_grads(model: Llama, ids: jax.Array, segment_ids: jax.Array, mesh: M
         return (ce * targets).sum() / targets.sum(), logits
 
     step = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
-    rows = NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+    rows = NamedSharding(mesh, spec_for(("batch", None), ids.shape, mesh))
     with jax.set_mesh(mesh):
         (_, logits), grads = step(params, jax.device_put(ids, rows), jax.device_put(segment_ids, rows))
     return np.asarray(logits, np.float64), [np.asarray(g, np.float64) for g in jax.tree.leaves(grads)]

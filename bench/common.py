@@ -39,9 +39,10 @@ FULL_FT_MODELS = ("llama-3.2-1b", "tiny", "small")  # full fine-tuning of the 7B
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-    """A row of the method table: adapter init ('full' = no adapters), rank, optimizer, LoRA-Pro moment dtype."""
+    """A row of the method table: adapter init (None: full fine-tuning, no adapters), rank, optimizer, LoRA-Pro
+    moment dtype."""
 
-    adapter: str
+    adapter: str | None
     rank: int
     optimizer: str
     moment_dtype: str = "float32"
@@ -57,7 +58,7 @@ METHODS = {
     "lorapro-r8": Method("lora", 8, "lorapro"),
     "lorapro_adamw-r8-bf16": Method("lora", 8, "lorapro_adamw", "bfloat16"),
     "lorapro_adamw-r8-fp32": Method("lora", 8, "lorapro_adamw", "float32"),
-    "full": Method("full", 0, "adamw"),
+    "full": Method(None, 0, "adamw"),
 }
 H100_BF16_DENSE_TFLOPS = 989.0
 # Tokens of the synthetic data are drawn from this many ids, so a model can lower its loss in a few steps.

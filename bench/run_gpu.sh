@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 6's benchmark table on one GPU: JSON files into OUTDIR, then the markdown tables (bench/report.py).
+# The benchmark table of docs/benchmarks.md on one GPU: JSON files into OUTDIR, then the markdown tables (bench/report.py).
 #
 #   bench/run_gpu.sh OUTDIR               all parts, most important first; no part starts after BUDGET_S seconds
 #                                         (default 480), and the skipped ones are printed with their command

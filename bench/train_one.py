@@ -18,19 +18,18 @@ from typing import Any
 
 import jax
 import numpy as np
-from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 
 from bench.common import (GIB, METHODS, canonical_model, matmul_params, mfu, model_shape, synthetic_batch,
                           train_step_flops, write_json)
 from bench.random_llama import random_llama
 from configs import common as run_configs
-from lowrank_jax import AdapterConfig, adapt
-from lowrank_jax.adapters import FrozenFactor
+from lowrank_jax import AdapterConfig
 from lowrank_jax.models import LlamaConfig
-from lowrank_jax.sharding import BATCH_AXES, make_mesh
+from lowrank_jax.sharding import batch_sharding, make_mesh
 from lowrank_jax.training.optimizer import build_optimizer
-from lowrank_jax.training.placement import init_optimizer, jit_train_step, split_onto_mesh
+from lowrank_jax.training.placement import adapt_onto_mesh, init_optimizer, jit_train_step
+
+ADAPTER_FACTORS = ("lora_a", "lora_m", "lora_b")  # trained or frozen; the residual inits' copies are not counted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,26 +101,28 @@ def adapter_rank(spec: RunSpec) -> int:
 def optimizer_config(spec: RunSpec):
     """The run configs' optimizer block (user defaults: clipping, cosine schedule, AdamW betas) for this method."""
     method = METHODS[spec.method]
-    config = run_configs.get_config(None, method=method.adapter, optimizer=method.optimizer,
-                                    learning_rate=spec.learning_rate).optimizer
+    settings = {"embedded": dict(rank=adapter_rank(spec), alpha=2.0 * adapter_rank(spec),
+                                 learning_rate=spec.learning_rate)}
+    config = run_configs.get_config(None, method=method.adapter, settings=settings, optimizer=method.optimizer,
+                                    trainable="adapters" if method.adapter else "all").optimizer
     config.moment_dtype = method.moment_dtype
     return config
 
 
 def build_state(spec: RunSpec, mesh):
-    """(TrainState, parameter counts), split and placed by train.py's own functions."""
+    """(TrainState, parameter counts), adapted, split and placed by the training loop's own function."""
     method = METHODS[spec.method]
     rank = adapter_rank(spec)
     config = LlamaConfig(**model_shape(spec.model), dtype=spec.dtype, param_dtype=spec.dtype,
                          scan_layers=spec.scan_layers, remat=spec.remat, attention_impl=spec.attention)
     model = random_llama(config, mesh, spec.seed)
-    counts = {"adapter_params": 0}
-    if method.adapter != "full":
-        model = adapt(model, AdapterConfig(method=method.adapter, rank=rank, alpha=2.0 * rank,
-                                           dtype=spec.adapter_dtype, seed=spec.seed))
-        factors = nnx.state(model, nnx.Any(nnx.LoRAParam, FrozenFactor))
-        counts["adapter_params"] = sum(x.size for x in jax.tree.leaves(nnx.as_pure(factors)))
-    state = split_onto_mesh(model, mesh, full=method.adapter == "full")
+    adapter = None
+    if method.adapter:
+        adapter = AdapterConfig(method=method.adapter, rank=rank, alpha=2.0 * rank, dtype=spec.adapter_dtype,
+                                seed=spec.seed)
+    state = adapt_onto_mesh(model, adapter, mesh)
+    leaves = [*jax.tree_util.tree_leaves_with_path(state.trainable), *jax.tree_util.tree_leaves_with_path(state.frozen)]
+    counts = {"adapter_params": sum(x.size for path, x in leaves if path[-1].key in ADAPTER_FACTORS)}
     counts["trainable_params"] = sum(x.size for x in jax.tree.leaves(state.trainable))
     return state, counts
 
@@ -160,7 +161,7 @@ class Prepared:
 
 
 def prepare(spec: RunSpec) -> Prepared:
-    """Builds the state as train.py does and compiles the train step ahead of time (nothing runs yet)."""
+    """Builds the state as the training loop does and compiles the train step ahead of time (nothing runs yet)."""
     spec.check()
     available = jax.devices()
     if spec.devices > len(available):
@@ -174,13 +175,12 @@ def prepare(spec: RunSpec) -> Prepared:
     start = time.perf_counter()
     state, counts = build_state(spec, mesh)
     total_steps = spec.warmup + spec.steps
-    optimizer = build_optimizer(optimizer_config(spec), total_steps, state.scales, state.frozen)
+    optimizer = build_optimizer(optimizer_config(spec), total_steps, state.frozen)
     opt_state = init_optimizer(optimizer, state.trainable, mesh)
     jax.block_until_ready(opt_state)
     row.update(counts, init_s=time.perf_counter() - start)
 
-    batch_sharding = NamedSharding(mesh, PartitionSpec(None, BATCH_AXES))
-    batches = [jax.device_put(make_batch(spec, i), batch_sharding) for i in range(total_steps)]
+    batches = [jax.device_put(make_batch(spec, i), batch_sharding(mesh)) for i in range(total_steps)]
     start = time.perf_counter()
     step = jit_train_step(state, optimizer, opt_state)
     with jax.set_mesh(mesh):  # as train.py traces it: per-device kernels (cuDNN packed attention) read the mesh
@@ -194,7 +194,7 @@ def prepare(spec: RunSpec) -> Prepared:
 def model_flops(row: dict) -> float:
     """Model FLOPs of one step of the configuration in `row` (needs its adapter and trainable counts)."""
     shape = model_shape(row["model"])
-    trained = matmul_params(shape) if METHODS[row["method"]].adapter == "full" else row["trainable_params"]
+    trained = matmul_params(shape) if METHODS[row["method"]].adapter is None else row["trainable_params"]
     return train_step_flops(shape, row["batch"], row["seq"], row["adapter_params"], trained, row.get("segments", 1))
 
 

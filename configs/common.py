@@ -2,7 +2,8 @@
 
 Presets (the part after ':' in `--config=configs/nlora_llama.py:PRESET`):
   embedded    SmolLM2-135M-Instruct (the offline GGUF) on offline GSM8K-format data; a 2-core CPU runs it in minutes.
-  gsm8k       SmolLM2-135M-Instruct on real GSM8K (`data.train` points at a local GSM8K dir), GPU-sized.
+  gsm8k       SmolLM2-135M-Instruct on real GSM8K (openai/gsm8k from the Hub, or `--config.data.train=DIR` with
+              GSM8K's train.jsonl / test.jsonl), GPU-sized.
   llama2_7b   Llama-2-7B from the hub (or `--config.model.path=/local/dir`) on MetaMathQA-100k: the papers' setup.
   tiny        a random 2-layer Llama on a few test problems, for tests and smoke runs.
 """
@@ -10,35 +11,36 @@ Presets (the part after ':' in `--config=configs/nlora_llama.py:PRESET`):
 import ml_collections
 
 PRESETS = ("embedded", "gsm8k", "llama2_7b", "tiny")
-SMALL_RANK = {"embedded": 16, "tiny": 4}  # the largest rank of these presets' quick runs
 
 TINY_MODEL = dict(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=16, rope_theta=10000.0,
                   tie_word_embeddings=True, rms_norm_eps=1e-5, max_position_embeddings=2048)
 
 
-def get_config(preset=None, *, method="nlora", rank=16, alpha=16.0, optimizer="adamw", learning_rate=2e-4,
-               small_model_learning_rate=5e-4):
+def get_config(preset, *, method, settings, optimizer="adamw", trainable="adapters"):
     """Builds the config for `method` at `preset` (default: embedded).
 
-    `learning_rate` is the paper's (llama2_7b preset); the small-model presets, which run few steps on a 135M or tiny
-    model, use `small_model_learning_rate`.
+    Args:
+      preset: one of PRESETS, or None for 'embedded'.
+      method: the adapter method (ignored when trainable='all').
+      settings: {preset: dict(rank=, alpha=, learning_rate=)}, the method file's table of what each preset runs.
+      optimizer: the optimizer name.
+      trainable: 'adapters' (the adapter factors train, the base is frozen) or 'all' (full fine-tuning: no
+        adapters, every weight trains).
     """
-    if preset != "llama2_7b":
-        learning_rate = small_model_learning_rate
     preset = preset or "embedded"
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS}")
-    if preset in SMALL_RANK and rank > SMALL_RANK[preset]:  # keep alpha / r, so the scale matches the paper's
-        rank, alpha = SMALL_RANK[preset], alpha * SMALL_RANK[preset] / rank
+    learning_rate = settings[preset]["learning_rate"]
     c = ml_collections.ConfigDict()
     c.preset = preset
     c.seed = 0
-    c.workdir = f"runs/{method}_{preset}"
+    c.workdir = f"runs/{method if trainable == 'adapters' else 'full'}_{preset}"
     c.resume = False
 
     c.model = ml_collections.ConfigDict(dict(
         path="embedded",          # 'embedded' | HF dir | .gguf file | hub id | 'random'
+        hf_name="",               # HF id exported adapters name as their base ('' = path's own)
         random=ml_collections.ConfigDict(TINY_MODEL),  # the architecture when path == 'random'
         dtype="bfloat16",         # compute dtype
         param_dtype="bfloat16",   # frozen base weights
@@ -46,19 +48,20 @@ def get_config(preset=None, *, method="nlora", rank=16, alpha=16.0, optimizer="a
         remat="full",
         attention_impl="auto",    # cuDNN flash attention on NVIDIA GPUs (sm80+, bf16), else XLA | cudnn | xla
     ))
-    c.adapter = ml_collections.ConfigDict(dict(
-        method=method,            # 'full' trains every weight without adapters
-        rank=rank,
-        alpha=float(alpha),
-        targets=".*(q|k|v|o|gate|up|down)_proj",
-        scaling="standard",       # alpha/r; 'rslora' = alpha/sqrt(r)
-        dropout=0.0,
-        dtype="float32",
-        seed=0,
-        niter=None,               # PiSSA: randomized-SVD subspace iterations (None = exact SVD)
-        oversampling=None,        # nystrom: extra sketch columns (None = r // 2)
-        init_base=None,           # IntTune: the init providing the frozen A, B (None = 'nlora')
-    ))
+    if trainable == "adapters":  # full fine-tuning has no adapter block
+        c.adapter = ml_collections.ConfigDict(dict(
+            method=method,
+            rank=settings[preset]["rank"],
+            alpha=float(settings[preset]["alpha"]),
+            targets=".*(q|k|v|o|gate|up|down)_proj",
+            scaling="standard",       # alpha/r; 'rslora' = alpha/sqrt(r)
+            dropout=0.0,
+            dtype="float32",
+            seed=0,
+            niter=None,               # PiSSA: randomized-SVD subspace iterations (None = exact SVD)
+            oversampling=None,        # nystrom: extra sketch columns (None = r // 2)
+            init_base=None,           # IntTune: the init providing the frozen A, B (None = 'nlora')
+        ))
     c.optimizer = ml_collections.ConfigDict(dict(
         name=optimizer,           # adamw | sgd | lorapro | lorapro_adamw
         learning_rate=learning_rate,
@@ -73,10 +76,19 @@ def get_config(preset=None, *, method="nlora", rank=16, alpha=16.0, optimizer="a
         moment_dtype="float32",   # lorapro_adamw's full-size moments
     ))
     c.data = ml_collections.ConfigDict(dict(
-        source="embedded",        # 'embedded' | 'gsm8k_local' | hub name | local json/jsonl/parquet
-        train="",                 # path of the training file/dir for local sources
-        test="",                  # path of the evaluation file/dir for local sources
-        template="alpaca",        # 'alpaca' | 'chat'
+        source="embedded",        # 'embedded' | 'gsm8k' | 'local' | a Hub dataset id | a local file/dir
+        train="",                 # 'local': json/jsonl/parquet file, dir of train.*/test.*, or save_to_disk dir;
+                                  # 'gsm8k': a dir with GSM8K's train/test.jsonl ('' = openai/gsm8k from the Hub)
+        test="",                  # evaluation file/dir or Hub id ('' = none: set it, or turn eval.after off)
+        hub_config="",            # config name of the Hub dataset in `source` ('' = its default)
+        format="auto",            # 'auto' | 'messages' | 'prompt_completion' | 'text' | 'query_response'
+        messages_field="messages",      # chat messages [{'role', 'content'}, ...]: loss on assistant turns
+        prompt_field="prompt",          # prompt/completion (strings, or message lists): loss on the completion
+        completion_field="completion",
+        text_field="text",              # plain text: loss on every token
+        query_field="",                 # query/response columns ('' = detect question/answer, query/response,
+        response_field="",              # instruction(/input)/output)
+        template="alpaca",        # prompt of query/response data: 'alpaca' | 'chat' | a format string with {query}
         max_length=512,
         batch_size=32,            # global batch in sequences
         grad_accum=1,
@@ -89,6 +101,7 @@ def get_config(preset=None, *, method="nlora", rank=16, alpha=16.0, optimizer="a
         seed=0,                   # training order
     ))
     c.train = ml_collections.ConfigDict(dict(
+        trainable=trainable,      # 'adapters' (base frozen) | 'all' (full fine-tuning; the adapter block is unused)
         steps=0,                  # 0 = derive from epochs
         stop_after=0,             # end this process after N steps (time-sliced jobs; resume later); 0 = run to the end
         log_every=10,
@@ -115,8 +128,7 @@ def get_config(preset=None, *, method="nlora", rank=16, alpha=16.0, optimizer="a
         c.eval.update(num_examples=24, batch_size=24, max_new_tokens=160, before_and_after=True)
     elif preset == "gsm8k":
         c.model.update(remat="dots_with_no_batch_dims_saveable")
-        c.data.update(source="gsm8k_local", train="../shared/data/gsm8k", test="../shared/data/gsm8k",
-                      max_length=512, batch_size=32, epochs=2.0, val_examples=300)
+        c.data.update(source="gsm8k", max_length=512, batch_size=32, epochs=2.0, val_examples=300)
         c.eval.update(num_examples=1319, batch_size=256, max_new_tokens=320)
     elif preset == "llama2_7b":
         # dots_with_no_batch_dims_saveable: 42.1% MFU vs 36.2% with full remat on an H100 at 4 x 2048 tokens and

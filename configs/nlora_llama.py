@@ -3,13 +3,21 @@
 Run (the embedded default: SmolLM2-135M-Instruct, offline data, CPU-friendly):
   python train.py --config=configs/nlora_llama.py
 Presets: python train.py --config=configs/nlora_llama.py:llama2_7b   (the paper's setup: r = alpha = 128, AdamW lr 2e-4, cosine, 3% warmup, wd 0)
-         python train.py --config=configs/nlora_llama.py:gsm8k       (SmolLM2 on real GSM8K; --config.data.train=DIR)
+         python train.py --config=configs/nlora_llama.py:gsm8k       (SmolLM2 on real GSM8K from the hub, or --config.data.train=DIR)
 Overrides: --config.adapter.rank=16 --config.optimizer.learning_rate=1e-4 --config.workdir=runs/x
 """
 
 from configs import common
 
 
+# What each preset runs (alpha / rank kept at the paper's ratio where the rank is capped for small models).
+SETTINGS = {
+    "llama2_7b": dict(rank=128, alpha=128.0, learning_rate=2e-4),
+    "gsm8k": dict(rank=128, alpha=128.0, learning_rate=5e-4),
+    "embedded": dict(rank=16, alpha=16.0, learning_rate=5e-4),
+    "tiny": dict(rank=4, alpha=4.0, learning_rate=5e-4),
+}
+
+
 def get_config(preset=None):
-    return common.get_config(preset, method="nlora", rank=128, alpha=128.0, learning_rate=2e-4,
-                             small_model_learning_rate=5e-4)
+    return common.get_config(preset, method="nlora", settings=SETTINGS)

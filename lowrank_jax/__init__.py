@@ -1,11 +1,14 @@
-"""lowrank-jax: low-rank fine-tuning of Llama-family models in JAX/Flax NNX.
+"""lowrank-jax: low-rank fine-tuning of LLMs in JAX / Flax NNX.
 
 The public entry points: `adapt` / `merge` / `export_peft` (adapters as module transforms, NLoRA paper) and
-`lorapro` / `lorapro_adamw` (LoRA-Pro as optax transforms). Models live in `lowrank_jax.models`.
+`lorapro` / `lorapro_adamw` (LoRA-Pro as optax transforms). Models live in `lowrank_jax.models`, the training loop
+in `lowrank_jax.training.loop`.
 """
 
 from lowrank_jax.adapters import AdapterConfig, adapt, merge
 from lowrank_jax.export import export_peft
 from lowrank_jax.optim import lorapro, lorapro_adamw
 
-__all__ = ["AdapterConfig", "adapt", "export_peft", "lorapro", "lorapro_adamw", "merge"]
+__version__ = "0.1.0"
+
+__all__ = ["AdapterConfig", "__version__", "adapt", "export_peft", "lorapro", "lorapro_adamw", "merge"]

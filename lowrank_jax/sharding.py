@@ -22,13 +22,17 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
-# Logical name -> mesh axes, tried in order. Base weights are split FSDP-style over `fsdp` along the hidden
-# (`embed`) axis and Megatron-style over `tensor` along heads / MLP / vocab. A name missing here is replicated.
-DEFAULT_RULES: Mapping[str, tuple[str, ...]] = {
+# The one logical-axis rules table: logical name -> mesh axes, tried in order (MaxText's `logical_axis_rules`).
+# Base weights are split FSDP-style over `fsdp` along the hidden (`embed`) axis and Megatron-style over `tensor`
+# along heads / MLP / vocab; activations' `batch` rows over every data-parallel axis. A name missing here is
+# replicated.
+LOGICAL_AXIS_RULES: Mapping[str, tuple[str, ...]] = {
+    "batch": BATCH_AXES,
     "embed": ("fsdp",),
     "vocab": ("tensor",),
     "q_heads": ("tensor",),
     "kv_heads": ("tensor",),
+    "heads": ("tensor",),
     "mlp": ("tensor",),
 }
 
@@ -57,10 +61,6 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[
     return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=axis_types, devices=devices)
 
 
-# `per_shard`'s logical dim names -> the mesh axes they are split over.
-SHARD_RULES: Mapping[str, tuple[str, ...]] = {"batch": BATCH_AXES, "heads": ("tensor",)}
-
-
 def per_shard(fn: Callable[..., jax.Array], args: Sequence[jax.Array], names: Sequence[Sequence[str | None]],
               out_names: Sequence[str | None]) -> jax.Array:
     """`fn(*args)`, run on each device's block of its arguments (`jax.shard_map`) when traced under a mesh of several
@@ -83,12 +83,10 @@ def per_shard(fn: Callable[..., jax.Array], args: Sequence[jax.Array], names: Se
     if mesh.empty or mesh.size == 1:
         return fn(*args)
     split = {}
-    for name, axes in SHARD_RULES.items():
-        axes = tuple(a for a in axes if mesh.shape[a] > 1)
-        size = int(np.prod([mesh.shape[a] for a in axes]))
-        dims = [shape_dim for arg, arg_names in zip(args, names) for shape_dim, n in zip(arg.shape, arg_names)
-                if n == name]
-        if axes and all(d % size == 0 for d in dims):
+    for name in {n for arg_names in names for n in arg_names if n}:
+        dims = [d for arg, arg_names in zip(args, names) for d, n in zip(arg.shape, arg_names) if n == name]
+        axes = _mesh_axes(name, dims, mesh, used=set())
+        if axes:
             split[name] = axes
 
     def spec(dim_names):
@@ -98,38 +96,35 @@ def per_shard(fn: Callable[..., jax.Array], args: Sequence[jax.Array], names: Se
                          check_vma=False)(*args)
 
 
-def spec_for(names: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh,
-             rules: Mapping[str, tuple[str, ...]] = DEFAULT_RULES) -> PartitionSpec:
+def _mesh_axes(name: str, dims: Sequence[int], mesh, used: set[str]) -> tuple[str, ...]:
+    """The mesh axes that logical `name` is split over: its rule's axes of size > 1 not yet `used` (each mesh axis
+    splits an array once), or () where their product does not divide every dim in `dims`."""
+    axes = tuple(a for a in LOGICAL_AXIS_RULES.get(name, ()) if a not in used and mesh.shape[a] > 1)
+    size = int(np.prod([mesh.shape[a] for a in axes]))
+    return axes if axes and all(d % size == 0 for d in dims) else ()
+
+
+def spec_for(names: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
     """PartitionSpec for an array with logical axis `names`; dims that a mesh axis does not divide stay whole."""
-    if not names:
-        return PartitionSpec()
     used: set[str] = set()
     spec = []
-    for name, dim in zip(names, shape):
-        axes = tuple(a for a in rules.get(name, ()) if a not in used and mesh.shape[a] > 1) if name else ()
-        size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
-        if axes and dim % size == 0:
-            used.update(axes)
-            spec.append(axes[0] if len(axes) == 1 else axes)
-        else:
-            spec.append(None)
+    for name, dim in zip(names or (), shape):
+        axes = _mesh_axes(name, [dim], mesh, used) if name else ()
+        used.update(axes)
+        spec.append(None if not axes else axes[0] if len(axes) == 1 else axes)
     return PartitionSpec(*spec)
 
 
-def state_shardings(state: nnx.State, mesh: Mesh, rules: Mapping[str, tuple[str, ...]] = DEFAULT_RULES) -> nnx.State:
+def state_shardings(state: nnx.State, mesh: Mesh) -> nnx.State:
     """NamedShardings for every Variable of `state` from its `out_sharding` names, shaped like `nnx.pure(state)`."""
 
     def one(variable):
         names = variable.get_metadata().get("out_sharding")
-        return NamedSharding(mesh, spec_for(names, jax.numpy.shape(variable.get_value()), mesh, rules))
+        return NamedSharding(mesh, spec_for(names, jax.numpy.shape(variable.get_value()), mesh))
 
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Batch rows split over every data-parallel axis (data and fsdp); sequence whole."""
-    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, PartitionSpec())
+    """The train step's batch layout (accum, B, T): rows split like `batch`, micro-batch and sequence axes whole."""
+    return NamedSharding(mesh, spec_for((None, "batch", None), (1, mesh.size, 1), mesh))

@@ -6,7 +6,7 @@ import pytest
 
 from lowrank_jax.evaluation import (exact_match_accuracy, extract_answer, gold_answer, mean_loss_and_perplexity,
                                     normalize_number)
-from lowrank_jax.evaluation.answers import final_answer_span
+from lowrank_jax.data.answers import final_answer_span
 
 # Real GSM8K train solutions (MIT licence): a plain one, a negative answer, a thousands separator.
 GSM8K_SOLUTIONS = {

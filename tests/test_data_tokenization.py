@@ -7,9 +7,8 @@ import pytest
 
 from lowrank_jax.data import (Example, Splits, build_batches, embedded_examples, encode_prompts, render_prompt,
                               tokenize_examples)
-from lowrank_jax.evaluation.answers import final_answer_span
-from lowrank_jax.models import load_tokenizer
-from lowrank_jax.training.model_source import embedded_gguf
+from lowrank_jax.data.answers import final_answer_span
+from lowrank_jax.training.model_source import embedded_tokenizer
 
 EXAMPLES = [
     Example("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How "
@@ -24,7 +23,7 @@ EXAMPLES = [
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return load_tokenizer(embedded_gguf())  # how train.py loads it
+    return embedded_tokenizer()  # load_tokenizer of the SmolLM2 GGUF, as train.py loads it (once per process)
 
 
 def test_render_prompt_alpaca_custom_and_chat(tokenizer):

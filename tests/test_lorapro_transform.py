@@ -205,7 +205,7 @@ def test_compositions_under_jit(model_tree):
 
 class TinyAdapted(nnx.Module):
     """A frozen stacked kernel (2, 12, 10) with an adapter in the project's layout: LoRAParam factors, AdapterScale
-    scales, FrozenFactor for IntTune's a and b; sharding names on the factors as the adapters issue gives them."""
+    scales, FrozenFactor for IntTune's a and b; sharding names on the factors as the adapters give them."""
 
     def __init__(self, rngs: nnx.Rngs, *, inttune: bool = False):
         key = rngs.params

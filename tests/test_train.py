@@ -1,4 +1,4 @@
-"""train.py end to end on a random tiny Llama (CPU, fp32): resume equals an uninterrupted run, sharded runs equal the
+"""The training loop (train.py's) end to end on a random tiny Llama (CPU, fp32): resume equals an uninterrupted run, sharded runs equal the
 one-device run, every config's method/optimizer trains, and bad configs fail before any model is loaded."""
 
 import json
@@ -14,18 +14,18 @@ import orbax.checkpoint as ocp
 import pytest
 import safetensors.numpy
 
-import train
 from configs import (common, full_llama, inttune_llama, lora_llama, lorapro_llama, nlora_llama, nystrom_llama,
                      pissa_llama, slora_llama)
-from lowrank_jax import adapt
 from lowrank_jax.data import build_batches, load_splits
 from lowrank_jax.evaluation.token_loss_eval import mean_token_loss
+from lowrank_jax.models import load_pretrained, load_tokenizer
 from lowrank_jax.sharding import make_mesh
 from lowrank_jax.training.checkpoint import Checkpointer
 from lowrank_jax.training.config_check import adapter_config_from, check_config
 from lowrank_jax.training.model_source import load_model
 from lowrank_jax.training.optimizer import build_optimizer
-from lowrank_jax.training.placement import init_optimizer, jit_train_step, split_onto_mesh
+from lowrank_jax.training import loop
+from lowrank_jax.training.placement import adapt_onto_mesh, init_optimizer, jit_train_step
 from lowrank_jax.training.restore import trained_model
 
 
@@ -78,19 +78,19 @@ def validation_loss_of_checkpoint(config):
 
 
 def test_resume_after_stop_equals_uninterrupted_run_then_eval_and_export(data_dir, tmp_path):
-    whole = train.run(tiny(lora_llama, data_dir, tmp_path / "whole", **{
+    whole = loop.run(tiny(lora_llama, data_dir, tmp_path / "whole", **{
         "train.steps": 4, "train.checkpoint_every": 2, "train.eval_every": 2, "eval.after": True,
-        "train.export_peft": True}))
+        "train.export_peft": True, "train.export_merged": True}))
     first_config = tiny(lora_llama, data_dir, tmp_path / "split", **{
         "train.steps": 4, "train.checkpoint_every": 2, "train.stop_after": 2})
-    first = train.run(first_config)
+    first = loop.run(first_config)
     assert first.report["steps"] == 4 and "val_loss" not in first.report
     with open(tmp_path / "whole" / "metrics.jsonl") as f:
         validation = {r["step"]: r["val/loss"] for r in map(json.loads, f) if "val/loss" in r}
     assert sorted(validation) == [2, 4] and validation[4] == whole.report["val_loss"]
     first_config.resume = True
     np.testing.assert_allclose(validation[2], validation_loss_of_checkpoint(first_config), rtol=1e-6)
-    resumed = train.run(tiny(lora_llama, data_dir, tmp_path / "split", **{
+    resumed = loop.run(tiny(lora_llama, data_dir, tmp_path / "split", **{
         "train.steps": 4, "train.checkpoint_every": 2, "resume": True}))
 
     losses = logged_losses(tmp_path / "whole")
@@ -104,14 +104,19 @@ def test_resume_after_stop_equals_uninterrupted_run_then_eval_and_export(data_di
     with open(tmp_path / "whole" / "predictions_after.jsonl") as f:
         assert len(f.readlines()) == 4
     assert os.path.exists(tmp_path / "whole" / "peft" / "adapter_model.safetensors")
+    merged_dir = str(tmp_path / "whole" / "merged")  # a model of its own: weights, config and tokenizer
+    merged, _ = load_pretrained(merged_dir, dtype="float32", param_dtype="float32")
+    batches = build_batches(load_splits(first_config.data), load_tokenizer(merged_dir), first_config.data,
+                            process_index=0, process_count=1)
+    np.testing.assert_allclose(mean_token_loss(merged, batches.validation())[0], whole.report["val_loss"], rtol=1e-5)
 
 
 @pytest.mark.parametrize("mesh", [dict(data=2, fsdp=4, tensor=1), dict(data=2, fsdp=2, tensor=2)])
 def test_sharded_run_equals_one_device_and_shards_base_weights(data_dir, tmp_path, mesh):
     assert jax.device_count() == 8, "conftest sets 8 fake CPU devices"
     steps = {"train.steps": 2, "train.checkpoint_every": 2}
-    single = train.run(tiny(slora_llama, data_dir, tmp_path / "one", **steps, **{"mesh.devices": 1}))
-    sharded = train.run(tiny(slora_llama, data_dir, tmp_path / "many", **steps,
+    single = loop.run(tiny(slora_llama, data_dir, tmp_path / "one", **steps, **{"mesh.devices": 1}))
+    sharded = loop.run(tiny(slora_llama, data_dir, tmp_path / "many", **steps,
                              **{f"mesh.{k}": v for k, v in mesh.items()}))
     np.testing.assert_allclose(logged_losses(tmp_path / "many"), logged_losses(tmp_path / "one"), rtol=1e-5)
     assert_trees_close(sharded.trainable, single.trainable, 1e-5)
@@ -124,24 +129,27 @@ def test_sharded_run_equals_one_device_and_shards_base_weights(data_dir, tmp_pat
     assert shard_shape[2] == kernel.shape[2] // mesh["tensor"]
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = common.TINY_MODEL
 # (in, out) of the seven adapted projections of the tiny model.
 PROJECTIONS = [(64, 64), (64, 32), (64, 32), (64, 64), (64, 128), (64, 128), (128, 64)]
 
 
-def expected_trainable(method, rank):
+def expected_trainable(config):
     """Closed-form trainable parameter counts of the tiny model (2 layers) per method."""
     layers = TINY["num_hidden_layers"]
+    if config.train.trainable == "all":
+        hidden, vocab = TINY["hidden_size"], TINY["vocab_size"]
+        per_layer = sum(i * o for i, o in PROJECTIONS) + 2 * hidden
+        return layers * per_layer + vocab * hidden + hidden  # tied embeddings + final norm
+    method, rank = config.adapter.method, config.adapter.rank
     lora = layers * sum(rank * (i + o) for i, o in PROJECTIONS)
     if method in ("lora", "pissa"):
         return lora
     if method in ("slora", "nlora", "nystrom"):
         return lora + layers * len(PROJECTIONS) * rank * rank
-    if method == "inttune":
-        return layers * len(PROJECTIONS) * rank * rank
-    hidden, vocab = TINY["hidden_size"], TINY["vocab_size"]
-    per_layer = sum(i * o for i, o in PROJECTIONS) + 2 * hidden
-    return layers * per_layer + vocab * hidden + hidden  # tied embeddings + final norm
+    assert method == "inttune", method
+    return layers * len(PROJECTIONS) * rank * rank
 
 
 @pytest.mark.parametrize("module,optimizer", [
@@ -152,10 +160,10 @@ def expected_trainable(method, rank):
 ])
 def test_every_config_trains_a_few_steps(data_dir, tmp_path, module, optimizer):
     config = tiny(module, data_dir, tmp_path, **{"train.steps": 2, "optimizer.name": optimizer})
-    result = train.run(config)
+    result = loop.run(config)
     assert all(math.isfinite(x) for x in logged_losses(tmp_path))
     assert math.isfinite(result.report["val_loss"])
-    assert result.report["trainable_params"] == expected_trainable(config.adapter.method, config.adapter.rank)
+    assert result.report["trainable_params"] == expected_trainable(config)
 
 
 def test_lorapro_adamw_moments_are_split_over_the_run_mesh(data_dir, tmp_path):
@@ -163,8 +171,8 @@ def test_lorapro_adamw_moments_are_split_over_the_run_mesh(data_dir, tmp_path):
     config = tiny(lorapro_llama, data_dir, tmp_path, **{"optimizer.name": "lorapro_adamw"})
     model, _, _ = load_model(config.model, "random", config.seed)
     mesh = make_mesh(fsdp=-1)
-    state = split_onto_mesh(adapt(model, adapter_config_from(config.adapter)), mesh, full=False)
-    optimizer = build_optimizer(config.optimizer, 4, state.scales, state.frozen)
+    state = adapt_onto_mesh(model, adapter_config_from(config), mesh)
+    optimizer = build_optimizer(config.optimizer, 4, state.frozen)
     opt_state = init_optimizer(optimizer, state.trainable, mesh)
     moments = [x for path, x in jax.tree_util.tree_flatten_with_path(opt_state)[0]
                if "delta_kernel" in jax.tree_util.keystr(path)]
@@ -181,8 +189,8 @@ def test_unrolled_layers_train_like_scanned_ones(data_dir, tmp_path, module, opt
         workdir = tmp_path / f"scan_{scan}"
         config = tiny(module, data_dir, workdir, **{"train.steps": 2, "optimizer.name": optimizer,
                                                     "model.scan_layers": scan, "train.export_peft": True})
-        runs[scan] = train.run(config)
-        assert runs[scan].report["trainable_params"] == expected_trainable(config.adapter.method, config.adapter.rank)
+        runs[scan] = loop.run(config)
+        assert runs[scan].report["trainable_params"] == expected_trainable(config)
     np.testing.assert_allclose(logged_losses(tmp_path / "scan_False"), logged_losses(tmp_path / "scan_True"),
                                rtol=1e-5)
     exported = [safetensors.numpy.load_file(tmp_path / f"scan_{scan}" / "peft" / "adapter_model.safetensors")
@@ -194,7 +202,8 @@ def test_unrolled_layers_train_like_scanned_ones(data_dir, tmp_path, module, opt
 
 @pytest.mark.parametrize("overrides,message", [
     ({"adapter.method": "inttune", "adapter.init_base": "lora"}, "init_base"),
-    ({"adapter.method": "full", "optimizer.name": "lorapro"}, "adapter.method='full'"),
+    ({"train.trainable": "all", "optimizer.name": "lorapro"}, "train.trainable='all'"),
+    ({"train.trainable": "lora"}, "train.trainable"),
     ({"adapter.method": "dora"}, "dora"),
     ({"adapter.rank": 0}, "rank"),
     ({"optimizer.schedule": "step"}, "optimizer.schedule"),
@@ -211,7 +220,7 @@ def test_bad_configs_fail_before_loading(data_dir, tmp_path, overrides, message)
 
 def test_everything_that_runs_the_model_is_traced_under_the_run_mesh(data_dir, tmp_path, monkeypatch):
     """Per-device kernels (cuDNN packed attention via `per_shard`) find the mesh only if `run` sets it where the
-    model runs: step, validation loss, evaluation (and not around loading: see `train.on_mesh`)."""
+    model runs: step, validation loss, evaluation (and not around loading: see `loop.on_mesh`)."""
     seen = []
 
     def recording(label, fn):
@@ -220,10 +229,10 @@ def test_everything_that_runs_the_model_is_traced_under_the_run_mesh(data_dir, t
             return fn(*args, **kwargs)
         return wrapped
 
-    monkeypatch.setattr(train, "mean_token_loss", recording("validation", train.mean_token_loss))
-    monkeypatch.setattr(train, "jit_train_step", lambda *a: recording("step", jit_train_step(*a)))
-    monkeypatch.setattr(train, "evaluate", recording("evaluate", train.evaluate))
-    train.run(tiny(lora_llama, data_dir, tmp_path, **{"mesh.data": 2, "mesh.fsdp": -1, "train.steps": 2,
+    monkeypatch.setattr(loop, "mean_token_loss", recording("validation", loop.mean_token_loss))
+    monkeypatch.setattr(loop, "jit_train_step", lambda *a: recording("step", jit_train_step(*a)))
+    monkeypatch.setattr(loop, "evaluate", recording("evaluate", loop.evaluate))
+    loop.run(tiny(lora_llama, data_dir, tmp_path, **{"mesh.data": 2, "mesh.fsdp": -1, "train.steps": 2,
                                                       "eval.before_and_after": True}))
     mesh = {"data": 2, "fsdp": 4, "tensor": 1}
     assert seen == [("validation", mesh), ("evaluate", mesh), ("step", mesh), ("step", mesh), ("validation", mesh),
@@ -241,13 +250,13 @@ def test_entry_points_raise_the_gpu_memory_fraction_before_jax_touches_a_device(
     for module in ("train", "eval"):
         code = (f"import os, {module}; from jax._src import xla_bridge; "
                 "print(os.environ['XLA_PYTHON_CLIENT_MEM_FRACTION'], xla_bridge.backends_are_initialized())")
-        out = subprocess.run([sys.executable, "-c", code], env=env, cwd=os.path.dirname(train.__file__),
+        out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO,
                              capture_output=True, text=True, check=True).stdout.split()
         assert out == [user_value or "0.95", "False"], module
 
 
 def test_existing_run_is_not_overwritten_without_resume(data_dir, tmp_path):
-    train.run(tiny(lora_llama, data_dir, tmp_path, **{"train.steps": 1}))
+    loop.run(tiny(lora_llama, data_dir, tmp_path, **{"train.steps": 1}))
     with pytest.raises(ValueError, match="resume"):
         check_config(tiny(lora_llama, data_dir, tmp_path, **{"train.steps": 1}))
 
@@ -257,7 +266,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path
         "train.steps": 6, "train.checkpoint_every": 1, "optimizer.learning_rate": 1e30, "optimizer.grad_clip": 0.0,
         "optimizer.warmup_ratio": 0.0, "optimizer.schedule": "constant"})
     with pytest.raises(FloatingPointError, match=r"at step (\d)") as error:
-        train.run(config)
+        loop.run(config)
     bad_step = int(re.search(r"at step (\d)", str(error.value)).group(1))
     assert Checkpointer(str(tmp_path)).latest_step() == bad_step - 1
     saved = ocp.StandardCheckpointer().restore(tmp_path / "checkpoints" / str(bad_step - 1) / "trainable")
@@ -279,11 +288,10 @@ def test_two_processes_with_jax_distributed_agree_with_one_process(data_dir, tmp
              "--config.train.steps=3", "--config.eval.after=False", "--config.train.export_peft=False",
              "--config.distributed.num_processes=2", f"--config.distributed.coordinator_address=localhost:{port}"]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     procs = [subprocess.Popen([sys.executable, "train.py", *flags, f"--config.distributed.process_id={i}"],
-                              cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outputs[0][-3000:] + outputs[1][-3000:]
-    train.run(tiny(lora_llama, data_dir, tmp_path / "one", **{"train.steps": 3, "mesh.devices": 1}))
+    loop.run(tiny(lora_llama, data_dir, tmp_path / "one", **{"train.steps": 3, "mesh.devices": 1}))
     np.testing.assert_allclose(logged_losses(tmp_path / "two"), logged_losses(tmp_path / "one"), rtol=1e-5)

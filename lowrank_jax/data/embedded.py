@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator
 
 from lowrank_jax.data.example import Example
-from lowrank_jax.evaluation.answers import normalize_number
+from lowrank_jax.data.answers import normalize_number
 
 EMBEDDED_PACKAGE = "reasoning-gym==0.1.25"
 # reasoning-gym seeds item i of a dataset with `seed + i`, so each split draws from its own block of seeds.

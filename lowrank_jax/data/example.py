@@ -1,13 +1,16 @@
-"""One training/evaluation example (a query and its response) and the mapping from dataset records to it.
+"""The three kinds of training/evaluation item: a query and its response, a chat conversation, a plain text.
 
-Datasets name their two fields differently: GSM8K question/answer, MetaMathQA query/response, Alpaca
-instruction(/input)/output. `records_to_examples` detects which pair a dataset uses, or takes it explicitly.
+`Example` goes through a prompt template (Alpaca, the chat template, or a format string) with the loss on the
+response; `Conversation` goes through the tokenizer's chat template with the loss on its assistant turns; `Text`
+is plain language modelling with the loss on every token.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import NamedTuple
+
+ROLES = ("system", "user", "assistant", "tool")
 
 
 class Example(NamedTuple):
@@ -17,46 +20,29 @@ class Example(NamedTuple):
     response: str
 
 
-# Known (query field, response field) pairs, in the order they are tried.
-FIELD_PAIRS = (("question", "answer"), ("query", "response"), ("instruction", "output"))
+class Conversation(NamedTuple):
+    """Chat messages ({'role', 'content'} dicts, roles from ROLES); the loss covers the assistant turns from
+    message `trained_from` on (0 for a `messages` record; the length of the prompt for prompt/completion).
 
-
-def detect_fields(column_names: Sequence[str], source: str) -> tuple[str, str]:
-    """The (query, response) field pair a dataset with `column_names` uses.
-
-    Raises:
-      ValueError: none of FIELD_PAIRS is present; the message lists the columns and how to name the fields.
+    >>> chat = Conversation(({"role": "user", "content": "2 + 3?"}, {"role": "assistant", "content": "5"}))
+    >>> chat.trained_turns(), chat.prompt_and_reference()
+    ([1], ([{'role': 'user', 'content': '2 + 3?'}], '5'))
     """
-    for pair in FIELD_PAIRS:
-        if all(name in column_names for name in pair):
-            return pair
-    raise ValueError(f"{source}: cannot tell which fields hold the query and the response among columns "
-                     f"{list(column_names)}; expected one of {[f'{q}/{r}' for q, r in FIELD_PAIRS]}, or pass "
-                     "fields=(query_field, response_field)")
+
+    messages: tuple[Mapping[str, str], ...]
+    trained_from: int = 0
+
+    def trained_turns(self) -> list[int]:
+        """Indices of the messages the loss covers."""
+        return [i for i, m in enumerate(self.messages) if i >= self.trained_from and m["role"] == "assistant"]
+
+    def prompt_and_reference(self) -> tuple[list[Mapping[str, str]], str]:
+        """The messages before the last trained turn (what generation is prompted with) and that turn's content."""
+        last = self.trained_turns()[-1]
+        return list(self.messages[:last]), self.messages[last]["content"]
 
 
-def records_to_examples(records: Iterable[Mapping[str, object]], fields: tuple[str, str], source: str
-                        ) -> list[Example]:
-    """Maps dataset records to Examples; Alpaca's optional `input` field is appended to the instruction.
+class Text(NamedTuple):
+    """A document for plain language modelling: the loss covers every token after the first."""
 
-    Args:
-      records: dict-like rows (a `datasets.Dataset` iterates as such).
-      fields: (query field, response field).
-      source: the dataset's name or path, for error messages.
-
-    >>> records = [{"instruction": "Add.", "input": "2 and 3", "output": "5"}]
-    >>> records_to_examples(records, ("instruction", "output"), "alpaca.json")
-    [Example(query='Add.\\n\\n2 and 3', response='5')]
-    """
-    query_field, response_field = fields
-    examples = []
-    for i, record in enumerate(records):
-        query, response = record.get(query_field), record.get(response_field)
-        if not isinstance(query, str) or not isinstance(response, str):
-            raise ValueError(f"{source}: record {i} has {query_field}={query!r} and {response_field}={response!r}; "
-                             "both must be strings")
-        extra = record.get("input") if query_field == "instruction" else None
-        if isinstance(extra, str) and extra.strip():
-            query = f"{query}\n\n{extra}"
-        examples.append(Example(query, response))
-    return examples
+    text: str

@@ -1,6 +1,7 @@
-"""Reads Examples from local json/jsonl/parquet files (a file or a directory) or from the Hugging Face Hub.
+"""Reads Examples, Conversations or Texts (see formats.py) from local json/jsonl/parquet files, a directory of them,
+a `datasets.Dataset.save_to_disk` directory, or the Hugging Face Hub.
 
-Both go through `datasets`; failures say which name or path failed and how to point the config at local files.
+Failures say which name or path failed and how to point the config at local files.
 """
 
 from __future__ import annotations
@@ -9,15 +10,18 @@ import json
 import os
 from pathlib import Path
 
-from lowrank_jax.data.example import Example, detect_fields, records_to_examples
+from lowrank_jax.data.example import Conversation, Example, Text
+from lowrank_jax.data.formats import RecordFormat, records_to_examples
 
 # `datasets` builder per file extension.
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 # Hub datasets that need a config name to load.
-HUB_CONFIG_NAMES = {"openai/gsm8k": "main", "gsm8k": "main"}
+HUB_CONFIG_NAMES = {"openai/gsm8k": "main"}
+# Files `datasets` writes into a save_to_disk directory: a Dataset, or a DatasetDict of splits.
+SAVED_DATASET_FILES = ("state.json", "dataset_dict.json")
 LOCAL_FILES_HINT = ("point at local files instead: --config.data.source=local --config.data.train=/path/train.jsonl "
                     "--config.data.test=/path/test.jsonl (json, jsonl or parquet; a directory holding "
-                    "train.* / test.* files works too)")
+                    "train.* / test.* files, or a datasets save_to_disk directory, works too)")
 
 
 def looks_like_path(source: str) -> bool:
@@ -43,46 +47,68 @@ def find_split_file(directory: Path, split: str) -> Path:
                             f"or pass the file itself")
 
 
-def read_local(path: str | os.PathLike, split: str = "train", fields: tuple[str, str] | None = None
-               ) -> list[Example]:
-    """Examples from a json/jsonl/parquet file, or from the file for `split` in a directory.
+def _read_saved(directory: Path, split: str):
+    """The records of a `save_to_disk` directory (a Dataset, or `split` of a DatasetDict)."""
+    import datasets  # heavy import (pyarrow, pandas): only when data is actually read
+
+    saved = datasets.load_from_disk(str(directory))
+    if isinstance(saved, datasets.DatasetDict):
+        if split not in saved:
+            raise ValueError(f"{directory}: the saved DatasetDict has splits {sorted(saved)}, not {split!r}; save "
+                             f"a {split!r} split, or point at a directory saved from one Dataset")
+        saved = saved[split]
+    return saved
+
+
+def read_local(path: str | os.PathLike, split: str = "train", record_format: RecordFormat = RecordFormat()
+               ) -> list[Example | Conversation | Text]:
+    """Items from a json/jsonl/parquet file, from the file for `split` in a directory, or from a `save_to_disk`
+    directory.
 
     Args:
-      path: a data file, or a directory with e.g. train.jsonl and test.jsonl.
-      split: which file to take from a directory (ignored for a file).
-      fields: (query field, response field); detected from the columns when None.
+      path: a data file, a directory with e.g. train.jsonl and test.jsonl, or a save_to_disk directory.
+      split: which file (or saved split) to take from a directory (ignored for a file or a saved Dataset).
+      record_format: which columns hold what (see formats.RecordFormat).
 
     Raises:
       FileNotFoundError: the path does not exist, or the directory has no unique file for `split`.
-      ValueError: unsupported extension, or fields that cannot be detected.
+      ValueError: unsupported extension, bad JSON, no records, or records that do not fit `record_format`.
     """
     resolved = Path(os.path.expanduser(path)).resolve()
     if not resolved.exists():
         raise FileNotFoundError(f"data path {str(path)!r} (resolved to {resolved}) does not exist; {LOCAL_FILES_HINT}")
+    if resolved.is_dir() and any((resolved / name).is_file() for name in SAVED_DATASET_FILES):
+        records = _read_saved(resolved, split)
+        return records_to_examples(records, records.column_names, str(resolved), record_format)
     file = find_split_file(resolved, split) if resolved.is_dir() else resolved
     if file.suffix not in FILE_FORMATS:
         raise ValueError(f"{file}: unsupported data file type {file.suffix!r}; use one of {sorted(FILE_FORMATS)}")
     if file.suffix == ".jsonl":  # JSON lines need no pyarrow: read them directly
+        records = []
         with open(file) as f:
-            records = [json.loads(line) for line in f if line.strip()]
+            for number, line in enumerate(f, start=1):
+                try:
+                    records += [json.loads(line)] if line.strip() else []
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{file}:{number} is not one JSON object per line ({e})") from e
         columns = list(records[0]) if records else []
     else:
         import datasets  # heavy import (pyarrow, pandas): only for json / parquet files
 
         records = datasets.load_dataset(FILE_FORMATS[file.suffix], data_files=str(file), split="train")
         columns = records.column_names
-    return records_to_examples(records, fields or detect_fields(columns, str(file)), str(file))
+    return records_to_examples(records, columns, str(file), record_format)
 
 
 def read_hub(name: str, split: str = "train", config_name: str | None = None,
-             fields: tuple[str, str] | None = None) -> list[Example]:
-    """Examples from a Hugging Face Hub dataset (`openai/gsm8k`, `meta-math/MetaMathQA`, ...).
+             record_format: RecordFormat = RecordFormat()) -> list[Example | Conversation | Text]:
+    """Items from a Hugging Face Hub dataset (`openai/gsm8k`, `meta-math/MetaMathQA`, ...).
 
     Args:
       name: the Hub dataset id.
       split: 'train', 'test', ... as the dataset defines them.
       config_name: the dataset's config; defaults to HUB_CONFIG_NAMES (e.g. 'main' for openai/gsm8k).
-      fields: (query field, response field); detected from the columns when None.
+      record_format: which columns hold what (see formats.RecordFormat).
 
     Raises:
       ConnectionError: offline, or the Hub is unreachable; FileNotFoundError: no such dataset; ValueError: no such
@@ -101,11 +127,12 @@ def read_hub(name: str, split: str = "train", config_name: str | None = None,
                                 f"{LOCAL_FILES_HINT}") from e
     except ValueError as e:  # unknown split or config
         raise ValueError(f"cannot load {what}: {e}") from e
-    return records_to_examples(dataset, fields or detect_fields(dataset.column_names, name), name)
+    return records_to_examples(dataset, dataset.column_names, name, record_format)
 
 
-def read_examples(source: str, split: str = "train", fields: tuple[str, str] | None = None) -> list[Example]:
-    """`read_local` for paths, `read_hub` for anything else (see `looks_like_path`)."""
+def read_examples(source: str, split: str = "train", record_format: RecordFormat = RecordFormat(),
+                  hub_config: str | None = None) -> list[Example | Conversation | Text]:
+    """`read_local` for paths, `read_hub` (with `hub_config`) for anything else (see `looks_like_path`)."""
     if looks_like_path(source):
-        return read_local(source, split, fields)
-    return read_hub(source, split, fields=fields)
+        return read_local(source, split, record_format)
+    return read_hub(source, split, hub_config, record_format)

@@ -1,7 +1,8 @@
-"""The train / validation / test Examples of a run, from the config's `data` block.
+"""The train / validation / test items of a run, from the config's `data` block.
 
-Sources: 'embedded' (generated offline, see embedded.py), 'gsm8k_local' (a GSM8K directory), 'local' (files or
-directories named by `data.train` / `data.test`), or a Hugging Face Hub id. Validation problems are held out of the
+Sources: 'embedded' (generated offline, see embedded.py), 'gsm8k' (the Hub's `openai/gsm8k`, or the GSM8K directory
+`data.train` names), 'local' (files or directories named by `data.train` / `data.test`), or a Hugging Face Hub id;
+`data.format` and `data.*_field` say how records map to items (formats.py). Validation problems are held out of the
 training examples by `data.val_seed` (not `data.seed`, so runs that differ in seed or data order are scored on the
 same problems), except for 'embedded', which generates its own disjoint validation problems.
 """
@@ -13,25 +14,27 @@ from typing import NamedTuple
 import numpy as np
 
 from lowrank_jax.data.embedded import embedded_examples
-from lowrank_jax.data.example import Example
-from lowrank_jax.data.gsm8k_local import read_gsm8k
+from lowrank_jax.data.example import Conversation, Example, Text
+from lowrank_jax.data.formats import RecordFormat
+from lowrank_jax.data.gsm8k import read_gsm8k
 from lowrank_jax.data.sources import read_examples, read_local
 
 # Sizes of the generated embedded splits (GSM8K's own sizes); `data.max_train_examples` caps the training split.
 EMBEDDED_TRAIN_SIZE = 7473
 EMBEDDED_TEST_SIZE = 1319
-NAMED_SOURCES = ("embedded", "gsm8k_local", "local")
+NAMED_SOURCES = ("embedded", "gsm8k", "local")
+Item = Example | Conversation | Text
 
 
 class Splits(NamedTuple):
-    """The Examples of one run; `test` may be empty when the config names no evaluation data."""
+    """The items of one run; `test` may be empty when the config names no evaluation data."""
 
-    train: list[Example]
-    validation: list[Example]
-    test: list[Example]
+    train: list[Item]
+    validation: list[Item]
+    test: list[Item]
 
 
-def hold_out(examples: list[Example], count: int, seed: int) -> tuple[list[Example], list[Example]]:
+def hold_out(examples: list[Item], count: int, seed: int) -> tuple[list[Item], list[Item]]:
     """Splits off `count` examples chosen by `seed`: returns (rest in original order, held-out in random order).
 
     >>> rest, held = hold_out([Example(str(i), "") for i in range(5)], 2, seed=0)
@@ -47,11 +50,11 @@ def hold_out(examples: list[Example], count: int, seed: int) -> tuple[list[Examp
 
 
 def load_splits(cfg) -> Splits:
-    """Reads the examples the config's `data` block names.
+    """Reads the items the config's `data` block names.
 
     Args:
-      cfg: the `data` ConfigDict: `source`, `train`, `test` (paths or Hub ids), `val_examples`,
-        `max_train_examples` (0 = all), `seed`, `val_seed`.
+      cfg: the `data` ConfigDict: `source`, `train`, `test` (paths or Hub ids), `hub_config` (of the source),
+        `format` and the `*_field` column names, `val_examples`, `max_train_examples` (0 = all), `seed`, `val_seed`.
 
     Returns:
       Splits; the training split is capped at `max_train_examples` after the validation hold-out.
@@ -64,15 +67,16 @@ def load_splits(cfg) -> Splits:
         held_out = {e.query for e in test + validation}
         train = embedded_examples("train", limit or EMBEDDED_TRAIN_SIZE, cfg.seed, exclude=held_out)
         return Splits(train, validation, test)
-    if cfg.source == "gsm8k_local":
+    record_format = RecordFormat.from_config(cfg)
+    if cfg.source == "gsm8k":
         train, test = read_gsm8k("train", cfg.train), read_gsm8k("test", cfg.test or cfg.train)
     elif cfg.source == "local":
         if not cfg.train:
             raise ValueError("data.source='local' needs data.train=/path/to/train.jsonl (or a directory)")
-        train = read_local(cfg.train, "train")
-        test = read_local(cfg.test, "test") if cfg.test else []
+        train = read_local(cfg.train, "train", record_format)
+        test = read_local(cfg.test, "test", record_format) if cfg.test else []
     else:
-        train = read_examples(cfg.source, "train")
-        test = read_examples(cfg.test, "test") if cfg.test else []
+        train = read_examples(cfg.source, "train", record_format, cfg.hub_config or None)
+        test = read_examples(cfg.test, "test", record_format) if cfg.test else []
     train, validation = hold_out(train, cfg.val_examples, cfg.val_seed)
     return Splits(train[:limit], validation, test)

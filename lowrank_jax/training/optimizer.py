@@ -1,6 +1,6 @@
 """Optimizers and learning-rate schedules by registry name, as the configs select them.
 
-`build_optimizer(config.optimizer, total_steps, scales)` returns one optax transform over the trainable tree:
+`build_optimizer(config.optimizer, total_steps, frozen)` returns one optax transform over the trainable tree:
 global-norm clipping, then the named optimizer (`adamw`, `sgd`, `lorapro` = lorapro() chained with adamw,
 `lorapro_adamw` = the paper's Algorithm 2) driven by a warmup + cosine / linear / constant schedule.
 """
@@ -29,15 +29,16 @@ def build_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Sc
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup]) if warmup else decay
 
 
-def build_optimizer(cfg: ml_collections.ConfigDict, total_steps: int, scales=None,
+def build_optimizer(cfg: ml_collections.ConfigDict, total_steps: int,
                     frozen_factors=None) -> optax.GradientTransformation:
     """The optimizer named by `cfg.name`, with clipping in front.
 
     Args:
       cfg: the config's `optimizer` block.
       total_steps: optimizer steps of the run (the schedule's length).
-      scales: the adapters' recorded scales (`nnx.state(model, AdapterScale)`), needed by the LoRA-Pro optimizers.
-      frozen_factors: the frozen tree holding IntTune's fixed A, B (lorapro_adamw sizes its moments from them).
+      frozen_factors: the frozen state (lorapro_adamw sizes IntTune's moments from its fixed A, B). The adapters'
+        scales reach the LoRA-Pro transforms one way only: the train step passes the frozen state, which holds
+        each adapter's `lora_scale`, to every update as `frozen_factors`.
     """
     schedule = build_schedule(cfg, total_steps)
     if cfg.name == "adamw":
@@ -46,10 +47,10 @@ def build_optimizer(cfg: ml_collections.ConfigDict, total_steps: int, scales=Non
         core = optax.chain(optax.add_decayed_weights(cfg.weight_decay),
                            optax.sgd(schedule, momentum=cfg.momentum or None))
     elif cfg.name == "lorapro":
-        core = optax.chain(lorapro(scale=scales, x_mode=cfg.x_mode, delta=cfg.delta),
+        core = optax.chain(lorapro(x_mode=cfg.x_mode, delta=cfg.delta),
                            optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay))
     elif cfg.name == "lorapro_adamw":
-        core = lorapro_adamw(schedule, scale=scales, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+        core = lorapro_adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                              weight_decay=cfg.weight_decay, x_mode=cfg.x_mode, delta=cfg.delta,
                              moment_dtype=jnp.dtype(cfg.moment_dtype), frozen_factors=frozen_factors)
     else:

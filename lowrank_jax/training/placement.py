@@ -1,6 +1,6 @@
 """How a model's state goes onto a mesh for training: split, place, initialise the optimizer, jit the step.
 
-train.py and the benchmarks both call these, so what is benchmarked is exactly the step users run.
+The training loop, restoring a run and the benchmarks call these, so what is benchmarked is exactly the step users run.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from lowrank_jax.adapters import AdapterScale
+from lowrank_jax.adapters import AdapterConfig, adapt
 from lowrank_jax.sharding import state_shardings
 from lowrank_jax.training.step import make_train_step
 
@@ -22,24 +22,31 @@ class TrainState(NamedTuple):
     """A model split for training, every leaf on the mesh (pure trees: arrays, no Variables)."""
 
     graphdef: nnx.GraphDef
-    trainable: Any   # what the optimizer updates: adapter factors (nnx.LoRAParam), or every nnx.Param when full
+    trainable: Any   # what the optimizer updates: adapter factors (nnx.LoRAParam), or every nnx.Param without adapters
     rngs: Any        # RNG state (adapter dropout), replicated
-    frozen: Any      # everything else: the base weights, frozen factors, scales
-    scales: Any      # the adapters' recorded scales (nnx.state(model, AdapterScale)), None for full fine-tuning
+    frozen: Any      # everything else: the base weights, frozen factors, the adapters' scales
 
 
-def trainable_type(full: bool) -> type[nnx.Variable]:
-    """What trains: every Param for full fine-tuning, else the adapter factors (frozen ones are not LoRAParams)."""
-    return nnx.Param if full else nnx.LoRAParam
+def trainable_filter(model: nnx.Module) -> type[nnx.Variable]:
+    """What trains, read from the model: its adapter factors (`nnx.LoRAParam`; frozen factors are not) when it has
+    any, else every `nnx.Param` (full fine-tuning)."""
+    return nnx.LoRAParam if nnx.state(model, nnx.LoRAParam) else nnx.Param
 
 
-def split_onto_mesh(model: nnx.Module, mesh: Mesh, full: bool) -> TrainState:
+def split_onto_mesh(model: nnx.Module, mesh: Mesh) -> TrainState:
     """Splits `model` into trainable / RNG / frozen state and places each leaf by its logical axis names."""
-    graphdef, trainable, rngs, frozen = nnx.split(model, trainable_type(full), nnx.RngState, ...)
-    scales = None if full else nnx.as_pure(nnx.state(model, AdapterScale))
+    graphdef, trainable, rngs, frozen = nnx.split(model, trainable_filter(model), nnx.RngState, ...)
     trainable, frozen = (jax.device_put(nnx.as_pure(s), state_shardings(s, mesh)) for s in (trainable, frozen))
     rngs = jax.device_put(nnx.as_pure(rngs), NamedSharding(mesh, PartitionSpec()))
-    return TrainState(graphdef, trainable, rngs, frozen, scales)
+    return TrainState(graphdef, trainable, rngs, frozen)
+
+
+def adapt_onto_mesh(model: nnx.Module, adapter: AdapterConfig | None, mesh: Mesh) -> TrainState:
+    """The one path from a loaded base model to its training state: adapters put on (none when `adapter` is None:
+    full fine-tuning), then split and placed on `mesh`. Training, restoring a run and the benchmarks call it."""
+    if adapter is not None:
+        model = adapt(model, adapter)
+    return split_onto_mesh(model, mesh)
 
 
 def init_optimizer(optimizer: optax.GradientTransformation, trainable: Any, mesh: Mesh) -> Any:

@@ -13,24 +13,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-
-def token_loss(model: nnx.Module, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-    """Summed next-token cross-entropy over target tokens, and the number of target tokens.
-
-    Args:
-      model: called as `model(input_ids, positions=, segment_ids=) -> (B, T, V)` logits.
-      batch: `input_ids`, `loss_mask`, `segment_ids`, `positions`, each (B, T); `loss_mask[t]` marks token t as a
-        target predicted from tokens < t.
-
-    Returns:
-      (loss_sum, n_tokens), both fp32 scalars.
-    """
-    logits = model(batch["input_ids"], positions=batch["positions"], segment_ids=batch["segment_ids"])
-    logits = logits[:, :-1].astype(jnp.float32)
-    targets = batch["input_ids"][:, 1:]
-    weights = batch["loss_mask"][:, 1:].astype(jnp.float32)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    return jnp.sum(losses * weights), jnp.sum(weights)
+from lowrank_jax.losses import token_loss
 
 
 def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation) -> Callable:
@@ -59,7 +42,7 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
         (grads, loss_sum, n_tokens, rngs), _ = jax.lax.scan(accumulate, init, batch)
         denom = jnp.maximum(n_tokens, 1.0)
         grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, trainable)
-        # IntTune's frozen A, B reach LoRA-Pro this way; other optimizers ignore the keyword.
+        # The adapters' scales and IntTune's frozen A, B reach LoRA-Pro this way; other optimizers ignore it.
         updates, opt_state = optimizer.update(grads, opt_state, trainable, frozen_factors=frozen)
         trainable = optax.apply_updates(trainable, updates)
         metrics = {"loss": loss_sum / denom, "tokens": n_tokens, "grad_norm": optax.tree.norm(grads)}
