@@ -71,7 +71,7 @@ def quantized_build_state(spec, mesh, fmt: str):
     model = nnx.merge(graphdef, state)
     factors = nnx.state(model, nnx.Any(nnx.LoRAParam, FrozenFactor))
     counts = {"adapter_params": sum(x.size for x in jax.tree.leaves(nnx.as_pure(factors)))}
-    train_state = split_onto_mesh(model, mesh, full=False)
+    train_state = split_onto_mesh(model, mesh)
     counts["trainable_params"] = sum(x.size for x in jax.tree.leaves(train_state.trainable))
     counts["frozen_base_gib"] = sum(x.nbytes for x in jax.tree.leaves(train_state.frozen)) / GIB
     return train_state, counts

@@ -9,10 +9,17 @@ Overrides: --config.model.quantize=int8 (8-bit base) --config.adapter.method=pis
 
 from configs import common
 
+# What each preset runs (QLoRA's r = 64, alpha = 16 on the 7B; the small models keep alpha / rank = 1/4).
+SETTINGS = {
+    "llama2_7b": dict(rank=64, alpha=16.0, learning_rate=2e-4),
+    "gsm8k": dict(rank=16, alpha=4.0, learning_rate=5e-4),
+    "embedded": dict(rank=16, alpha=4.0, learning_rate=5e-4),
+    "tiny": dict(rank=4, alpha=1.0, learning_rate=5e-4),
+}
+
 
 def get_config(preset=None):
-    config = common.get_config(preset, method="lora", rank=64, alpha=16.0, learning_rate=2e-4,
-                               small_model_learning_rate=5e-4)
+    config = common.get_config(preset, method="lora", settings=SETTINGS)
     config.model.quantize = "nf4"
     config.workdir = config.workdir.replace("lora_", "qlora_", 1)
     return config

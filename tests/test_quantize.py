@@ -13,7 +13,7 @@ import pytest
 import scipy.stats
 from flax import nnx
 
-from configs import common
+from configs import lora_llama
 from lowrank_jax.adapters import adapt, merge
 from lowrank_jax.adapters.merge import adapter_delta
 from lowrank_jax.adapters.inits.registry import METHODS
@@ -219,10 +219,10 @@ def test_qlora_trains_through_the_train_step(optimizer):
     step lowers the loss of a fixed batch, and the quantized base never changes."""
     model = quantize(adapt(small_llama(), {"method": "lora", "rank": 4, "alpha": 8.0}), "nf4")
     mesh = make_mesh(fsdp=4, tensor=2)
-    state = split_onto_mesh(model, mesh, full=False)
-    cfg = ml_collections.ConfigDict(common.get_config("tiny").optimizer.to_dict())
+    state = split_onto_mesh(model, mesh)
+    cfg = ml_collections.ConfigDict(lora_llama.get_config("tiny").optimizer.to_dict())
     cfg.update(name=optimizer, learning_rate=2e-2, warmup_ratio=0.0, schedule="constant")
-    tx = build_optimizer(cfg, 8, state.scales, state.frozen)
+    tx = build_optimizer(cfg, 8, state.frozen)
     opt_state = init_optimizer(tx, state.trainable, mesh)
     step = jit_train_step(state, tx, opt_state)
     ids = jax.random.randint(jax.random.key(5), (1, 8, 16), 0, 96)
