@@ -29,7 +29,7 @@ from lowrank_jax.quant import quantize
 from lowrank_jax.sharding import state_shardings
 
 FORMATS = ("none", "int8", "nf4")
-COLUMNS = (("quantize", "base", ""), ("frozen_base_gib", "frozen base GiB", ".2f"),
+COLUMNS = (("quantize", "base", ""), ("frozen_base_gib", "frozen base GiB", ".3f"),
            ("step_memory_estimate_gib", "step GiB (XLA)", ".1f"), ("peak_memory_gib", "peak GiB", ".1f"),
            ("tokens_per_s", "tokens/s", ",.0f"), ("tokens_per_s_vs_bf16", "vs bf16", ".2f"),
            ("final_loss", "loss@end", ".4f"), ("status", "status", ""))
@@ -133,8 +133,8 @@ def main(argv=None) -> None:
         return
     model = canonical_model(args.model)
     base_bytes = {fmt: frozen_base_bytes(model, fmt) / GIB for fmt in args.formats}
-    print(f"{model}: frozen base GiB (from shapes, bf16 model): "
-          + ", ".join(f"{fmt} {gib:.2f}" for fmt, gib in base_bytes.items()))
+    print(f"{model}: frozen base from shapes (bf16 model): "
+          + ", ".join(f"{fmt} {gib:.2f} GiB ({gib * 1024:.1f} MiB)" for fmt, gib in base_bytes.items()))
     if args.bytes_only:
         return
     fields = dict(model=model, method=args.method, seq=args.seq, batch=args.batch, accum=args.accum,
