@@ -2,6 +2,7 @@
 code book), the quantized Llama against the dense one, sharding names, every adapter method on a quantized base, and
 a QLoRA run of the real train step whose loss falls."""
 
+import dataclasses
 import functools
 import math
 
@@ -26,12 +27,18 @@ from lowrank_jax.training.placement import init_optimizer, jit_train_step, split
 
 
 @functools.lru_cache(maxsize=None)
-def small_llama(scan=True, dtype="float32"):
+def small_llama():
     """A random 2-layer Llama, built once per process (tests never modify it: quantize and adapt return copies)."""
     config = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, dtype=dtype, param_dtype=dtype,
-                         scan_layers=scan, remat="none")
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, dtype="float32",
+                         param_dtype="float32", remat="none")
     return Llama(config, rngs=nnx.Rngs(0))
+
+
+@functools.lru_cache(maxsize=None)
+def quantized_llama(fmt):
+    """`small_llama()` quantized to `fmt`, once per process (tests never modify it)."""
+    return quantize(small_llama(), fmt)
 
 
 def nf4_reference(kernel, block, double_quant, scale_block):
@@ -69,23 +76,25 @@ def test_nf4_code_book_is_qloras():
     np.testing.assert_allclose(NF4_CODE_BOOK[[0, 7, 8, 14, 15]], [-1.0, 0.0, 0.0796, 0.7230, 1.0], atol=5e-5)
 
 
-@pytest.mark.parametrize("double_quant", [False, True])
-def test_nf4_quantize_dequantize_matches_numpy(double_quant):
-    kernel = jax.random.normal(jax.random.key(0), (3, 128, 512)) * jnp.linspace(0.1, 2.0, 512)
+@pytest.mark.parametrize("double_quant,n_out,scale_block", [(False, 512, None), (True, 512, 256), (True, 576, 64)])
+def test_nf4_quantize_dequantize_matches_numpy(double_quant, n_out, scale_block):
+    """Llama-2's dims take scale blocks of 256; SmolLM2's 576 outputs, of gcd(576, 256) = 64."""
+    kernel = jax.random.normal(jax.random.key(0), (3, 128, n_out)) * jnp.linspace(0.1, 2.0, n_out)
     config = QuantizeConfig("nf4", double_quant=double_quant)
     parts = quantize_kernel(kernel, config)
-    assert parts["codes"].shape == (3, 64, 512) and parts["codes"].dtype == jnp.uint8
+    assert parts["codes"].shape == (3, 64, n_out) and parts["codes"].dtype == jnp.uint8
     dense = dequantize_kernel(parts, "nf4", jnp.float32)
     for i in range(3):
-        codes, values = nf4_reference(kernel[i], 64, double_quant, 256)
+        codes, values = nf4_reference(kernel[i], 64, double_quant, scale_block)
         np.testing.assert_array_equal(unpacked_codes(parts["codes"][i]), codes)
         np.testing.assert_allclose(dense[i], values, rtol=1e-6, atol=1e-6)
     # the NF4 rounding error: at most half the widest gap (-1 to -0.696) times each block's absmax
-    error = np.abs(np.asarray(dense) - np.asarray(kernel)).reshape(3, 2, 64, 512).max(2)
-    absmax = np.abs(np.asarray(kernel)).reshape(3, 2, 64, 512).max(2)
+    error = np.abs(np.asarray(dense) - np.asarray(kernel)).reshape(3, 2, 64, n_out).max(2)
+    absmax = np.abs(np.asarray(kernel)).reshape(3, 2, 64, n_out).max(2)
     assert np.all(error <= absmax * (1 - NF4_CODE_BOOK[1]) / 2 * (1 + 1e-3))
-    if double_quant:  # scales in int8 (1 byte per 64 weights) plus one float32 per 256 of them
-        assert parts["scale_codes"].dtype == jnp.int8 and parts["scale_scale"].shape == (3, 2, 2)
+    if double_quant:  # scales in int8 (1 byte per 64 weights) plus one float32 per scale block of them
+        assert parts["scale_codes"].dtype == jnp.int8
+        assert parts["scale_scale"].shape == (3, 2, n_out // scale_block)
 
 
 def test_nf4_codes_equal_qwix():
@@ -122,12 +131,14 @@ def test_quantized_llama_logits_within_the_quantization_error(fmt, tolerance):
     error, up to second-order terms (relatively larger for NF4's ~10% weight error than for int8's)."""
     model = small_llama()
     ids = jax.random.randint(jax.random.key(3), (2, 12), 0, 96)
-    quantized = quantize(model, fmt)
+    quantized = quantized_llama(fmt)
     assert isinstance(quantized.layers.mlp.down_proj, QuantizedLinear)
     assert isinstance(quantized.embed_tokens, nnx.Embed)
     logits, reference = jitted_logits(quantized, ids), jitted_logits(model, ids)
     np.testing.assert_allclose(logits, jitted_logits(dequantize(quantized), ids), atol=2e-5)
-    np.testing.assert_allclose(logits, jitted_logits(quantize(small_llama(scan=False), fmt), ids), atol=2e-5)
+    unrolled = nnx.clone(quantized)
+    unrolled.config = dataclasses.replace(unrolled.config, scan_layers=False)
+    np.testing.assert_allclose(logits, jitted_logits(unrolled, ids), atol=2e-5)
 
     graphdef, params = nnx.split(model)
     _, dequantized = nnx.split(dequantize(quantized))
@@ -165,7 +176,7 @@ def test_every_method_adapts_a_quantized_base(method):
     """Adapting a quantized model: inits read the dequantized kernel; a residual init requantizes the residual, so the
     effective kernel at init moves by that residual's quantization error only (not at all for B = 0 inits); merge
     dequantizes every quantized layer, adapted or not."""
-    quantized = quantize(small_llama(), "nf4")
+    quantized = quantized_llama("nf4")
     adapted = adapt(quantized, {"method": method, "rank": 4, "alpha": 8.0, "targets": ".*q_proj"})
     layer, original = adapted.layers.self_attn.q_proj, quantized.layers.self_attn.q_proj
     assert isinstance(layer.base, QuantizedLinear)

@@ -18,8 +18,8 @@ class QuantizeConfig:
         block_size: nf4: inputs per absmax block (QLoRA: 64); must divide every target's `in` and be even.
         double_quant: nf4: store the block scales as int8 codes around their mean, one float32 scale per
             `scale_block_size` outputs (QLoRA's double quantization).
-        scale_block_size: nf4 with double_quant: outputs per scale block (QLoRA: 256); a layer with fewer outputs
-            uses one block per row; otherwise it must divide `out`.
+        scale_block_size: nf4 with double_quant: outputs per scale block (QLoRA: 256); a layer whose `out` it does
+            not divide uses blocks of gcd(out, scale_block_size) outputs.
         targets: regex that must fullmatch the module path of each quantized `nnx.Linear` — inside an adapted layer
             the frozen base's path ends in '.base'. The default leaves `lm_head` (and embeddings) unquantized, as
             bitsandbytes does.
@@ -54,14 +54,12 @@ class QuantizeConfig:
         """Whether module path `path` (e.g. 'layers.mlp.up_proj') fullmatches `targets`."""
         return re.fullmatch(self.targets, path) is not None
 
-    def check_kernel(self, path: str, n_in: int, n_out: int) -> str | None:
-        """Why a (…, n_in, n_out) kernel at `path` cannot be stored in this format, or None if it can."""
+    def check_kernel(self, path: str, n_in: int) -> str | None:
+        """Why a kernel (…, n_in, out) at `path` cannot be stored in this format, or None if it can (any out fits)."""
         if self.format != "nf4":
             return None
         if n_in % self.block_size:
             return f"{path}: in = {n_in} is not a multiple of block_size {self.block_size}"
-        if self.double_quant and n_out > self.scale_block_size and n_out % self.scale_block_size:
-            return f"{path}: out = {n_out} is not a multiple of scale_block_size {self.scale_block_size}"
         return None
 
 

@@ -9,6 +9,8 @@ K ≈ NF4[q] · c_b. With double quantization the scales c (…, in/block, out) 
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,7 +44,8 @@ def quantize_nf4(kernel: jax.Array, block_size: int = 64, double_quant: bool = T
         kernel: (…, in, out) floating; `in` a multiple of `block_size`.
         block_size: inputs per absmax block (even).
         double_quant: store the block scales as int8 codes with float32 scales per `scale_block_size` outputs.
-        scale_block_size: outputs per scale block; min(scale_block_size, out) must divide `out`.
+        scale_block_size: outputs per scale block, as far as `out` allows: blocks are gcd(out, scale_block_size)
+            wide (256 for Llama-2-7B's dims, 64 for SmolLM2's 576).
 
     Returns:
         {name: array} with the shapes of `NF4_PART_AXES`.
@@ -65,7 +68,7 @@ def quantize_nf4(kernel: jax.Array, block_size: int = 64, double_quant: bool = T
     parts = {"codes": (codes[..., 0, :] << 4) | codes[..., 1, :]}
     if not double_quant:
         return {**parts, "scale": scale}
-    return {**parts, **_quantize_scales(scale, min(scale_block_size, n_out))}
+    return {**parts, **_quantize_scales(scale, math.gcd(n_out, scale_block_size))}
 
 
 def dequantize_nf4(parts: dict[str, jax.Array], dtype) -> jax.Array:

@@ -52,7 +52,7 @@ def quantize(model: nnx.Module, config: QuantizeConfig | str | Mapping[str, Any]
         linear_paths = [dotted(path) for path, module in modules if isinstance(module, nnx.Linear)]
         raise ValueError(f"quantize targets {config.targets!r} match no nnx.Linear (the pattern must fullmatch a "
                          f"dotted path). Linear layers in this model: {linear_paths}.")
-    problems = [config.check_kernel(dotted(path), *linear.kernel.shape[-2:]) for path, linear in targets]
+    problems = [config.check_kernel(dotted(path), linear.in_features) for path, linear in targets]
     problems = [problem for problem in problems if problem]
     if problems:
         raise ValueError("cannot quantize: " + "; ".join(problems) + ". Choose block sizes that divide these "
