@@ -9,6 +9,7 @@ Presets (the part after ':' in `--config=configs/nlora_llama.py:PRESET`):
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 PRESETS = ("embedded", "gsm8k", "llama2_7b", "tiny")
 
@@ -58,9 +59,9 @@ def get_config(preset, *, method, settings, optimizer="adamw", trainable="adapte
             dropout=0.0,
             dtype="float32",
             seed=0,
-            niter=None,               # PiSSA: randomized-SVD subspace iterations (None = exact SVD)
-            oversampling=None,        # nystrom: extra sketch columns (None = r // 2)
-            init_base=None,           # IntTune: the init providing the frozen A, B (None = 'nlora')
+            niter=config_dict.placeholder(int),        # PiSSA: randomized-SVD subspace iterations (None = exact SVD)
+            oversampling=config_dict.placeholder(int), # nystrom: extra sketch columns (None = r // 2)
+            init_base=config_dict.placeholder(str),    # IntTune: the init providing the frozen A, B (None = 'nlora')
         ))
     c.optimizer = ml_collections.ConfigDict(dict(
         name=optimizer,           # adamw | sgd | lorapro | lorapro_adamw
@@ -74,6 +75,7 @@ def get_config(preset, *, method, settings, optimizer="adamw", trainable="adapte
         x_mode="sylvester",       # LoRA-Pro's free r x r matrix
         delta=1e-8,
         moment_dtype="float32",   # lorapro_adamw's full-size moments
+        loraplus_ratio=config_dict.placeholder(float),  # LoRA+: B's learning rate / A's (the paper: 16); None = off
     ))
     c.data = ml_collections.ConfigDict(dict(
         source="embedded",        # 'embedded' | 'gsm8k' | 'local' | a Hub dataset id | a local file/dir
@@ -117,6 +119,10 @@ def get_config(preset, *, method, settings, optimizer="adamw", trainable="adapte
     c.distributed = ml_collections.ConfigDict(dict(coordinator_address="", num_processes=1, process_id=0,
                                                    auto=False))
     c.eval = ml_collections.ConfigDict(dict(
+        task="gsm8k",             # 'gsm8k' | 'exact_match' | 'loss' (response-token loss) | 'humaneval' (pass@1)
+        extractor="",             # exact_match: 'gsm8k' | 'last_number' | 'exact' | 'regex:<pattern>' ('' = task's)
+        stop_sequences=(),        # exact_match: cut generations at the first of these strings
+        timeout=5.0,              # humaneval: seconds per generated program
         num_examples=1319, batch_size=64, max_new_tokens=512, max_length=768, after=True,
         before_and_after=False))
 

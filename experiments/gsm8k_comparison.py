@@ -30,8 +30,8 @@ import time
 import jax
 
 import train
-from configs import (full_llama, inttune_llama, lora_llama, lorapro_llama, nlora_llama, nystrom_llama, pissa_llama,
-                     slora_llama)
+from configs import (dora_llama, full_llama, inttune_llama, lora_llama, lorapro_llama, nlora_llama, nystrom_llama,
+                     pissa_llama, slora_llama)
 
 # name -> (config module, overrides). Alpha conventions per paper: LoRA-Pro r=8/alpha=16, NLoRA family r=alpha.
 METHODS = {
@@ -45,6 +45,7 @@ METHODS = {
     "nystrom-r128": (nystrom_llama, {}),
     "inttune-r128": (inttune_llama, {}),
     "pissa-r128": (pissa_llama, {}),
+    "dora-r8": (dora_llama, {}),
     "full": (full_llama, {}),
 }
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -18,6 +18,15 @@ def token_loss(model: nnx.Module, batch: dict[str, jax.Array]) -> tuple[jax.Arra
 
     Returns:
       (loss_sum, n_tokens), both fp32 scalars.
+
+    >>> from lowrank_jax.models import Llama, LlamaConfig
+    >>> model = Llama(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+    ...                           num_attention_heads=2, num_key_value_heads=1))
+    >>> ids = jnp.array([[3, 4, 5, 6]])
+    >>> batch = dict(input_ids=ids, loss_mask=jnp.array([[0, 0, 1, 1]]), segment_ids=jnp.ones_like(ids),
+    ...              positions=jnp.arange(4)[None])
+    >>> float(token_loss(model, batch)[1])
+    2.0
     """
     logits = model(batch["input_ids"], positions=batch["positions"], segment_ids=batch["segment_ids"])
     logits = logits[:, :-1].astype(jnp.float32)

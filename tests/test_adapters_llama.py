@@ -1,5 +1,6 @@
 """Adapters on the real Llama from a tiny Hugging Face checkpoint, end to end against PyTorch references:
-merge → save_pretrained → transformers gives our logits; export_peft → PEFT on the ORIGINAL base gives our logits.
+merge → save_pretrained → transformers gives our logits; export_peft → PEFT on the ORIGINAL base gives our logits
+(DoRA through PEFT's use_dora).
 """
 
 import json
@@ -62,6 +63,7 @@ def perturb_trainable(model, seed=1):
 @pytest.mark.parametrize("method, options", [
     ("lora", {}), ("slora", {}), ("nlora", {}), ("nystrom", {}), ("inttune", {}),
     ("pissa", {"rank_pattern": {r".*mlp\..*": 2}, "alpha_pattern": {r".*down_proj": 3.0}}),
+    ("dora", {"rank_pattern": {r".*mlp\..*": 2}, "alpha_pattern": {r".*down_proj": 3.0}}),
 ], ids=lambda v: v if isinstance(v, str) else "")
 def test_merged_and_peft_exported_adapters_match_pytorch(method, options, base_model, base_dir, tmp_path):
     model = adapt(base_model, {"method": method, "rank": 4, "alpha": 8.0, **options})
@@ -76,10 +78,11 @@ def test_merged_and_peft_exported_adapters_match_pytorch(method, options, base_m
     np.testing.assert_allclose(torch_logits(merged), ours, atol=TOL)
 
     export_peft(model, tmp_path / "peft", base=base_dir)
+    with open(tmp_path / "peft" / "adapter_config.json") as f:
+        exported = json.load(f)
+    assert exported["use_dora"] == (method == "dora")
     if options:
-        with open(tmp_path / "peft" / "adapter_config.json") as f:
-            patterns = json.load(f)
-        assert patterns["rank_pattern"] and patterns["alpha_pattern"]
+        assert exported["rank_pattern"] and exported["alpha_pattern"]
     original = transformers.AutoModelForCausalLM.from_pretrained(base_dir)
     with_adapter = peft.PeftModel.from_pretrained(original, tmp_path / "peft").eval()
     np.testing.assert_allclose(torch_logits(with_adapter), ours, atol=TOL)

@@ -218,7 +218,7 @@ def test_rank_alpha_patterns_and_rslora_scale():
 
 
 @pytest.mark.parametrize("config, message", [
-    ({"method": "dora"}, "unknown adapter method 'dora'; registered methods"),
+    ({"method": "vera"}, "unknown adapter method 'vera'; registered methods"),
     ({"rank": 0}, "rank must be an integer ≥ 1"),
     ({"rank": 9, "targets": r".*(q|down)_proj"}, "q_proj: rank 9 > min(in, out) = min(12, 8)"),
     ({"rank_pattern": {"down_proj": 13}, "targets": "down_proj"}, "rank 13 > min(in, out)"),

@@ -16,7 +16,8 @@ from flax import nnx
 
 from configs import lora_llama
 from lowrank_jax.adapters import adapt, merge
-from lowrank_jax.adapters.merge import adapter_delta
+from lowrank_jax.adapters.delta import adapter_delta
+from lowrank_jax.adapters.dora_layer import DoraLinear, dora_kernel
 from lowrank_jax.adapters.inits.registry import METHODS
 from lowrank_jax.models import Llama, LlamaConfig
 from lowrank_jax.quant import (NF4_CODE_BOOK, QuantizeConfig, QuantizedLinear, QuantizedWeight, dequantize,
@@ -190,8 +191,8 @@ def test_every_method_adapts_a_quantized_base(method):
         error = np.abs(np.asarray(layer.base.dequantize()) - residual).reshape(2, 1, 64, 64).max(2)
         assert np.all(error <= np.abs(residual).reshape(2, 1, 64, 64).max(2) * (1 - NF4_CODE_BOOK[1]) / 2 * 1.01)
     merged = merge(adapted)
-    np.testing.assert_allclose(merged.layers.self_attn.q_proj.kernel[...], layer.base.dequantize() + delta,
-                               atol=1e-6)
+    expected = dora_kernel(layer) if isinstance(layer, DoraLinear) else layer.base.dequantize() + delta
+    np.testing.assert_allclose(merged.layers.self_attn.q_proj.kernel[...], expected, atol=1e-6)
     assert isinstance(merged.layers.mlp.up_proj, nnx.Linear)  # quantized, not adapted
     np.testing.assert_array_equal(merged.layers.mlp.up_proj.kernel[...], quantized.layers.mlp.up_proj.dequantize())
 

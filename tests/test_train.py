@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 import pytest
 import safetensors.numpy
 
-from configs import (common, full_llama, inttune_llama, lora_llama, lorapro_llama, nlora_llama, nystrom_llama,
+from configs import (common, dora_llama, full_llama, inttune_llama, lora_llama, lorapro_llama, nlora_llama, nystrom_llama,
                      pissa_llama, slora_llama)
 from lowrank_jax.data import build_batches, load_splits
 from lowrank_jax.evaluation.token_loss_eval import mean_token_loss
@@ -146,6 +146,8 @@ def expected_trainable(config):
     lora = layers * sum(rank * (i + o) for i, o in PROJECTIONS)
     if method in ("lora", "pissa"):
         return lora
+    if method == "dora":  # and a magnitude per output column
+        return lora + layers * sum(o for _, o in PROJECTIONS)
     if method in ("slora", "nlora", "nystrom"):
         return lora + layers * len(PROJECTIONS) * rank * rank
     assert method == "inttune", method
@@ -156,10 +158,11 @@ def expected_trainable(config):
     (lora_llama, "adamw"), (lora_llama, "sgd"), (slora_llama, "adamw"), (nlora_llama, "adamw"),
     (nystrom_llama, "adamw"), (inttune_llama, "adamw"), (pissa_llama, "adamw"), (full_llama, "adamw"),
     (lorapro_llama, "lorapro"), (lorapro_llama, "lorapro_adamw"), (nlora_llama, "lorapro"),
-    (inttune_llama, "lorapro_adamw"),
+    (inttune_llama, "lorapro_adamw"), (dora_llama, "adamw"), (dora_llama, "lorapro"), (lora_llama, "loraplus"),
 ])
 def test_every_config_trains_a_few_steps(data_dir, tmp_path, module, optimizer):
-    config = tiny(module, data_dir, tmp_path, **{"train.steps": 2, "optimizer.name": optimizer})
+    overrides = {"optimizer.loraplus_ratio": 16.0} if optimizer == "loraplus" else {"optimizer.name": optimizer}
+    config = tiny(module, data_dir, tmp_path, **{"train.steps": 2, **overrides})
     result = loop.run(config)
     assert all(math.isfinite(x) for x in logged_losses(tmp_path))
     assert math.isfinite(result.report["val_loss"])
@@ -204,7 +207,9 @@ def test_unrolled_layers_train_like_scanned_ones(data_dir, tmp_path, module, opt
     ({"adapter.method": "inttune", "adapter.init_base": "lora"}, "init_base"),
     ({"train.trainable": "all", "optimizer.name": "lorapro"}, "train.trainable='all'"),
     ({"train.trainable": "lora"}, "train.trainable"),
-    ({"adapter.method": "dora"}, "dora"),
+    ({"optimizer.loraplus_ratio": -1.0}, "loraplus_ratio"),
+    ({"adapter.method": "inttune", "optimizer.loraplus_ratio": 16.0}, "loraplus_ratio"),
+    ({"adapter.method": "vera"}, "vera"),
     ({"adapter.rank": 0}, "rank"),
     ({"optimizer.schedule": "step"}, "optimizer.schedule"),
     ({"data.batch_size": 6, "data.grad_accum": 4}, "grad_accum"),

@@ -1,9 +1,11 @@
 """Low-rank adapters as Flax NNX module transforms: `adapt`, `merge` and their variable types.
 
-Methods (LoRA, SLoRA, NLoRA, Nyström, PiSSA, MiLoRA, OLoRA, IntTune) are registered init functions in `inits/`.
+Methods (LoRA, SLoRA, NLoRA, Nyström, PiSSA, MiLoRA, OLoRA, IntTune, DoRA) are registered init functions in `inits/`;
+DoRA's layer is `DoraLinear`.
 """
 
 from lowrank_jax.adapters.config import AdapterConfig, as_adapter_config
+from lowrank_jax.adapters.dora_layer import DoraLinear
 from lowrank_jax.adapters.inits import InitFactors, register_init
 from lowrank_jax.adapters.layer import AdaptedLinear
 from lowrank_jax.adapters.merge import merge
@@ -14,6 +16,7 @@ __all__ = [
     "AdaptedLinear",
     "AdapterConfig",
     "AdapterScale",
+    "DoraLinear",
     "FrozenFactor",
     "InitFactors",
     "InitialFactor",

@@ -24,7 +24,8 @@ class AdapterConfig:
     """Adapter settings; a plain dict with the same keys is accepted wherever a config is.
 
     Attributes:
-        method: a registered init (`lora`, `slora`, `nlora`, `nystrom`, `pissa`, `milora`, `olora`, `inttune`).
+        method: a registered init (`lora`, `slora`, `nlora`, `nystrom`, `pissa`, `milora`, `olora`, `inttune`,
+            `dora`).
         rank: adapter rank r (≥ 1, ≤ min(in, out) of every target).
         alpha: scale numerator: s = alpha / r ('standard') or alpha / sqrt(r) ('rslora').
         targets: regex (or sequence of regexes) that must fullmatch the module path of each adapted `nnx.Linear`.

@@ -1,35 +1,29 @@
-"""`merge(model)`: folds every adapter into its base kernel, K + s·A M B, and returns a plain model of nnx.Linear.
+"""`merge(model)`: folds every adapter into its base kernel, K + s·A M B (DoRA: m ⊙ (K + s·A B) / ‖K + s·A B‖),
+and returns a plain model of nnx.Linear.
 
 Quantized bases (`QuantizedLinear`) are dequantized first: the merged model is dense, in the base's original dtype.
 """
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lowrank_jax.adapters.delta import adapter_delta
+from lowrank_jax.adapters.dora_layer import DoraLinear, dora_kernel
 from lowrank_jax.adapters.frozen_base import as_linear
 from lowrank_jax.adapters.layer import AdaptedLinear
 from lowrank_jax.adapters.module_paths import iter_module_paths, replace_module
 from lowrank_jax.quant.transform import dequantize
 
 
-def adapter_delta(layer: AdaptedLinear) -> jax.Array:
-    """ΔK = s · lora_a @ lora_m @ lora_b of `layer`, (…, in, out) float32, per stacked slice."""
-    h = layer.lora_a[...].astype(jnp.float32)
-    if layer.lora_m is not None:
-        h = jnp.matmul(h, layer.lora_m[...].astype(jnp.float32), precision="highest")
-    delta = jnp.matmul(h, layer.lora_b[...].astype(jnp.float32), precision="highest")
-    return layer.lora_scale[...][..., None, None] * delta
-
-
 def merge(model: nnx.Module) -> nnx.Module:
     """A copy of `model` where each `AdaptedLinear` is replaced by its base `nnx.Linear` with ΔK folded in.
 
     The merged kernel is computed in float32 and stored in the base kernel's dtype; dropout and adapter variables
-    are dropped. Every quantized layer, adapted or not, comes back as a dense `nnx.Linear` holding its dequantized
-    kernel (plus ΔK where adapted). The input model is not modified.
+    are dropped. A `DoraLinear` becomes the kernel it computes with, m ⊙ (K + ΔK) / ‖K + ΔK‖ (bias unchanged).
+    Every quantized layer, adapted or not, comes back as a dense `nnx.Linear` holding its dequantized kernel (plus
+    ΔK where adapted). The input model is not modified.
 
     Example:
         >>> from flax import nnx
@@ -49,6 +43,10 @@ def merge(model: nnx.Module) -> nnx.Module:
     for path, layer in adapted:
         base = as_linear(layer.base)
         kernel = base.kernel
-        kernel.set_value((kernel[...].astype(jnp.float32) + adapter_delta(layer)).astype(kernel.dtype))
+        if isinstance(layer, DoraLinear):
+            merged = dora_kernel(layer)
+        else:
+            merged = kernel[...].astype(jnp.float32) + adapter_delta(layer)
+        kernel.set_value(merged.astype(kernel.dtype))
         replace_module(model, path, base)
     return dequantize(model)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lowrank_jax.adapters.config import AdapterConfig, as_adapter_config
+from lowrank_jax.adapters.dora_layer import DoraLinear
 from lowrank_jax.adapters.frozen_base import FROZEN_BASES, dense_kernel
 from lowrank_jax.adapters.inits import get_method
 from lowrank_jax.adapters.layer import AdaptedLinear
@@ -23,7 +24,8 @@ from lowrank_jax.quant.layer import QuantizedLinear
 
 
 def adapt(model: nnx.Module, config: AdapterConfig | Mapping[str, Any]) -> nnx.Module:
-    """A copy of `model` with an `AdaptedLinear` in place of every `nnx.Linear` whose path fullmatches the targets.
+    """A copy of `model` with an `AdaptedLinear` (`DoraLinear` for DoRA) in place of every `nnx.Linear` whose path
+    fullmatches the targets.
 
     The input model is not modified (the copy shares its unchanged arrays). Module paths are attribute names joined
     with '.', e.g. 'layers.self_attn.q_proj'. All targets are checked (pattern, layer type, rank) before any init
@@ -55,6 +57,7 @@ def adapt(model: nnx.Module, config: AdapterConfig | Mapping[str, Any]) -> nnx.M
     model = nnx.clone(model)
     targets = _plan(model, config)
     method = get_method(config.method)
+    layer_type = DoraLinear if method.weight_decomposed else AdaptedLinear
     root_key = jax.random.key(config.seed)
     for path, linear in targets:
         name = dotted(path)
@@ -66,7 +69,7 @@ def adapt(model: nnx.Module, config: AdapterConfig | Mapping[str, Any]) -> nnx.M
         factors = init_stacked(kernel, init_key, rank=rank, scale=scale, config=config)
         stack_shape = kernel.shape[:-2]
         dropout_keys = jax.random.split(dropout_key, stack_shape) if config.dropout > 0 else None
-        adapted = AdaptedLinear(
+        adapted = layer_type(
             linear, factors, scale, frozen=method.frozen, dropout=config.dropout, dropout_key=dropout_keys
         )
         replace_module(model, path, adapted)

@@ -35,6 +35,16 @@ def normalize_number(text: str) -> str | None:
     return format(value.normalize(), "f")
 
 
+def last_number(text: str) -> str | None:
+    """The canonical form of the last number in `text`, or None if it holds none.
+
+    >>> last_number("3 * 4 = 12, then 12 + 5 = 17 apples.")
+    '17'
+    """
+    numbers = _NUMBER.findall(text)
+    return normalize_number(numbers[-1]) if numbers else None
+
+
 def _stated_answer_span(text: str) -> tuple[int, int] | None:
     """Span of the number stated on the line after the first `####`, else after the first "The answer is"."""
     for pattern in (_HASHES, _THE_ANSWER_IS):
@@ -62,8 +72,7 @@ def extract_answer(generated: str) -> str | None:
     span = _stated_answer_span(text)
     if span is not None:
         return normalize_number(text[span[0]:span[1]])
-    numbers = _NUMBER.findall(text)
-    return normalize_number(numbers[-1]) if numbers else None
+    return last_number(text)
 
 
 def final_answer_span(solution: str) -> tuple[int, int]:

@@ -1,7 +1,7 @@
-"""GSM8K-style scores: exact-match accuracy of extracted answers, and the mean loss / perplexity of target tokens.
+"""Scores: exact-match accuracy of extracted answers, and the mean loss / perplexity of target tokens.
 
-The per-token loss sums come from the train step's `token_loss` on batches whose `loss_mask` marks the tokens
-being scored (`lowrank_jax.data.tokenize_examples(..., target="final_answer")` marks only the final answer).
+The per-token loss sums come from `token_loss` on batches whose `loss_mask` marks the tokens being scored (the
+whole response, or with `lowrank_jax.data.tokenize_examples(..., target="final_answer")` only the final answer).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from lowrank_jax.data.answers import extract_answer, gold_answer
+from lowrank_jax.evaluation.extractors import get_extractor
 
 
 class AccuracyResult(NamedTuple):
@@ -19,30 +19,35 @@ class AccuracyResult(NamedTuple):
     accuracy: float
     correct: int
     n: int
-    predicted: list[str | None]  # extracted from each generation; None when it holds no number
+    predicted: list[str | None]  # extracted from each generation; None when it holds no answer
     gold: list[str]
 
 
-def exact_match_accuracy(generations: Sequence[str], reference_solutions: Sequence[str]) -> AccuracyResult:
-    """Scores generated solutions against reference solutions by their normalised final answers.
+def exact_match_accuracy(generations: Sequence[str], reference_solutions: Sequence[str],
+                         extractor: str = "gsm8k") -> AccuracyResult:
+    """Scores generated solutions against reference solutions by their extracted (normalised) final answers.
 
     Args:
       generations: model outputs, one per problem (the decoded response, prompt excluded).
-      reference_solutions: the gold solutions (GSM8K `#### n` or "The answer is: n"), same order.
+      reference_solutions: the gold responses, same order (for 'gsm8k': `#### n` or "The answer is: n").
+      extractor: how answers are read, see `lowrank_jax.evaluation.extractors.get_extractor`.
 
     Returns:
-      AccuracyResult; a generation with no number counts as wrong.
+      AccuracyResult; a generation with no answer counts as wrong.
 
     >>> exact_match_accuracy(["... so 72 clips.\\n#### 72", "The answer is: 9"], ["...\\n#### 72", "...\\n#### 10"])[:3]
     (0.5, 1, 2)
+    >>> exact_match_accuracy([" Paris", "Rome."], ["Paris", "Rome"], extractor="exact").correct
+    1
     """
+    extract = get_extractor(extractor)
     if len(generations) != len(reference_solutions):
         raise ValueError(f"{len(generations)} generations but {len(reference_solutions)} reference solutions; "
                          "pass one generation per problem, in the same order")
     if not generations:
         raise ValueError("no problems to score: the evaluation split is empty")
-    predicted = [extract_answer(g) for g in generations]
-    gold = [gold_answer(s) for s in reference_solutions]
+    predicted = [extract.predicted(g) for g in generations]
+    gold = [extract.gold(s) for s in reference_solutions]
     correct = sum(p == g for p, g in zip(predicted, gold))
     return AccuracyResult(correct / len(gold), correct, len(gold), predicted, gold)
 

@@ -1,13 +1,17 @@
-"""Mean target-token loss of a model over a stream of batches (validation loss, answer-token loss)."""
+"""Loss of target tokens: the next-token cross-entropy the train step minimises, its mean over a stream of batches
+(validation loss), and the response-token loss / perplexity of a set of examples (any dataset's generic metric).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import jax
 import numpy as np
 from flax import nnx
 
+from lowrank_jax.data import evaluation_batches, pad_id, tokenize_examples
+from lowrank_jax.evaluation.metrics import mean_loss_and_perplexity
 from lowrank_jax.losses import token_loss
 
 
@@ -24,3 +28,27 @@ def mean_token_loss(model: nnx.Module, batches: Iterable[dict[str, np.ndarray]])
     if count == 0:
         raise ValueError("no target tokens in the evaluation batches (loss_mask is all zero)")
     return total / count, count
+
+
+def response_loss(model: nnx.Module, tokenizer, examples: Sequence, *, template: str, max_length: int,
+                  batch_size: int, target: str = "response") -> dict[str, float]:
+    """Mean loss (nats) and perplexity of the reference responses' tokens given their prompts, over `examples`.
+
+    Args:
+      model: a Llama (adapted or not).
+      tokenizer: its tokenizer.
+      examples: `lowrank_jax.data.Example`s (query, reference response).
+      template: the prompt template training used.
+      max_length: longest packed row; longer examples lose the end of their response.
+      batch_size: rows per forward pass.
+      target: 'response' (every response token and EOS) or 'final_answer' (only a GSM8K-style final answer).
+
+    Returns:
+      {'loss', 'perplexity', 'tokens'} (tokens: how many target tokens were scored).
+    """
+    tokenized = tokenize_examples(examples, tokenizer, max_length=max_length, template=template, target=target)
+    batches = evaluation_batches(tokenized, global_batch_size=batch_size, seq_len=max_length, packing=True,
+                                 pad_id=pad_id(tokenizer))
+    mean, count = mean_token_loss(model, batches)
+    loss, perplexity = mean_loss_and_perplexity(mean * count, count)
+    return {"loss": loss, "perplexity": perplexity, "tokens": count}

@@ -1,6 +1,7 @@
 """`export_peft`: writes the adapters of an adapted Llama as a PEFT LoRA adapter for the ORIGINAL base weights.
 
-Structured adapters fold M into B; residual inits export ΔW = s(B M A − B0 M0 A0) as rank 2r ([B | −B0], [A; A0]).
+Structured adapters fold M into B; residual inits export ΔW = s(B M A − B0 M0 A0) as rank 2r ([B | −B0], [A; A0]);
+DoRA layers add their magnitudes as PEFT's `lora_magnitude_vector` (`use_dora=True`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import save_file
 
+from lowrank_jax.adapters.dora_layer import DoraLinear
 from lowrank_jax.adapters.layer import AdaptedLinear
 from lowrank_jax.adapters.module_paths import dotted, iter_module_paths
 from lowrank_jax.models.param_map import LLAMA_TENSORS
@@ -25,10 +27,12 @@ def export_peft(model: nnx.Module, directory: str | os.PathLike, base: str) -> N
     Load them onto the original (un-residualised) base model:
     `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), directory)`. Every layer slice becomes a
     PEFT `lora_A.weight` (r', in) and `lora_B.weight` (out, r') with PEFT's ΔW = (lora_alpha / r') · B A equal to
-    ours: r' = r (lora, slora, nlora, inttune-on-nlora; M folded into B) or 2r (residual inits: pissa, milora,
+    ours: r' = r (lora, slora, nlora, inttune-on-nlora, dora; M folded into B) or 2r (residual inits: pissa, milora,
     olora, nystrom, inttune-on-nystrom). lora_alpha is s·r' (PEFT's "alpha doubled" for rank-2r conversions),
     `use_rslora` is false and modules whose r' or s differ from the most common get `rank_pattern` /
-    `alpha_pattern` entries. Factors are written in float32.
+    `alpha_pattern` entries. Factors are written in float32. DoRA layers (`DoraLinear`) also write their magnitude
+    m (out,) per layer as `lora_magnitude_vector` and set `use_dora`; PEFT's DoRA computes
+    m ⊙ (W + ΔW) / ‖W + ΔW‖ as ours does.
 
     Args:
         model: a `lowrank_jax.models.Llama` after `adapt` (and training); only its adapted layers are read.
@@ -36,13 +40,18 @@ def export_peft(model: nnx.Module, directory: str | os.PathLike, base: str) -> N
         base: path or hub id of the original HF model, recorded as `base_model_name_or_path`.
 
     Raises:
-        ValueError: the model has no adapted layer, or an adapted layer whose path has no HF name.
+        ValueError: the model has no adapted layer, an adapted layer whose path has no HF name, or DoRA layers
+            beside plain ones (PEFT's `use_dora` holds for the whole adapter).
     """
     if not isinstance(base, str) or not base:
         raise ValueError(f"base must be the path or hub id of the original HF model, got {base!r}.")
     layers = [(dotted(path), module) for path, module in iter_module_paths(model) if isinstance(module, AdaptedLinear)]
     if not layers:
         raise ValueError("the model has no adapted layers; call lowrank_jax.adapt(model, config) first.")
+    dora = [path for path, layer in layers if isinstance(layer, DoraLinear)]
+    if dora and len(dora) != len(layers):
+        raise ValueError(f"DoRA layers {dora} sit beside plain adapted layers; PEFT's use_dora holds for every "
+                         "module of an adapter. Export a model adapted with one method.")
     tensors, ranks, alphas, dropout = {}, {}, {}, 0.0
     for path, layer in layers:
         stack_shape = layer.lora_scale.shape
@@ -55,6 +64,10 @@ def export_peft(model: nnx.Module, directory: str | os.PathLike, base: str) -> N
             tensors[f"base_model.model.{name}.lora_B.weight"] = np.ascontiguousarray(b_slice.T, np.float32)
             ranks[name] = a_slice.shape[1]
             alphas[name] = float(s) * a_slice.shape[1]
+        if isinstance(layer, DoraLinear):
+            magnitudes = np.asarray(layer.lora_magnitude[...], np.float32).reshape(len(names), -1)
+            for name, magnitude in zip(names, magnitudes):
+                tensors[f"base_model.model.{name}.lora_magnitude_vector"] = np.ascontiguousarray(magnitude)
         if layer.dropout is not None:
             dropout = layer.dropout.rate
     rank = collections.Counter(ranks.values()).most_common(1)[0][0]
@@ -70,7 +83,7 @@ def export_peft(model: nnx.Module, directory: str | os.PathLike, base: str) -> N
         "rank_pattern": {re.escape(name): r for name, r in ranks.items() if r != rank},
         "alpha_pattern": {re.escape(name): a for name, a in alphas.items() if a != alpha},
         "use_rslora": False,
-        "use_dora": False,
+        "use_dora": bool(dora),
         "bias": "none",
         "fan_in_fan_out": False,
         "init_lora_weights": True,

@@ -15,6 +15,7 @@ from jax.sharding import Mesh
 
 from lowrank_jax.adapters import AdapterConfig
 from lowrank_jax.data import check_data_config
+from lowrank_jax.evaluation.tasks import check_eval_config
 from lowrank_jax.models.attention_choice import check_attention_impl
 from lowrank_jax.models.config import DTYPES as MODEL_DTYPES
 from lowrank_jax.training.model_source import resolve_model_path
@@ -64,6 +65,10 @@ def check_config(config: ml_collections.ConfigDict) -> str:
     _require(not (full and o.name in LORAPRO_OPTIMIZERS),
              f"optimizer.name={o.name!r} adjusts low-rank factors, but train.trainable='all' trains no adapters; "
              "use optimizer.name='adamw' for full fine-tuning, or train.trainable='adapters'")
+    ratio = o.loraplus_ratio
+    _require(ratio is None or (ratio > 0 and not full and config.adapter.method != "inttune"),
+             f"optimizer.loraplus_ratio={ratio} scales lora_b's updates: it must be > 0 and needs a method whose B "
+             "trains (not train.trainable='all' or inttune); leave it unset to turn LoRA+ off")
     _require(o.schedule in SCHEDULES, f"optimizer.schedule={o.schedule!r}: choose one of {SCHEDULES}")
     _require(o.learning_rate > 0, f"optimizer.learning_rate={o.learning_rate} must be > 0")
     _require(0 <= o.warmup_ratio < 1, f"optimizer.warmup_ratio={o.warmup_ratio} must be in [0, 1)")
@@ -73,7 +78,8 @@ def check_config(config: ml_collections.ConfigDict) -> str:
     _require(t.log_every > 0 and t.checkpoint_every > 0 and t.keep_checkpoints > 0,
              "train.log_every, train.checkpoint_every and train.keep_checkpoints must be > 0")
     _require(e.batch_size > 0 and e.max_new_tokens > 0, "eval.batch_size and eval.max_new_tokens must be > 0")
-    check_data_config(d, needs_test=e.after or e.before_and_after)
+    check_eval_config(e)
+    check_data_config(d, needs_test=(e.after or e.before_and_after) and e.task != "humaneval")
     model_path = resolve_model_path(m.path)
     directory = os.path.join(os.path.abspath(config.workdir), "checkpoints")
     if not config.resume and os.path.isdir(directory):

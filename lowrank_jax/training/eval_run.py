@@ -9,7 +9,7 @@ import os
 import jax
 
 from lowrank_jax.data import check_data_config, load_splits
-from lowrank_jax.evaluation.gsm8k_eval import evaluate
+from lowrank_jax.evaluation.tasks import check_eval_config, evaluate
 from lowrank_jax.models import load_pretrained, load_tokenizer
 from lowrank_jax.training.config_check import check_config
 from lowrank_jax.training.model_source import load_model
@@ -32,7 +32,8 @@ def run_eval(config, *, workdir: str | None = None, model_path: str | None = Non
     """
     workdir = workdir or config.workdir
     if model_path:
-        check_data_config(config.data, needs_test=True)
+        check_eval_config(config.eval)
+        check_data_config(config.data, needs_test=config.eval.task != "humaneval")
         model, _ = load_pretrained(model_path, dtype=config.model.dtype, param_dtype=config.model.param_dtype)
         tokenizer = load_tokenizer(model_path)
     else:
@@ -44,7 +45,7 @@ def run_eval(config, *, workdir: str | None = None, model_path: str | None = Non
             model, tokenizer = trained_model(config, resolved, workdir)
     out = out or workdir
     os.makedirs(out, exist_ok=True)
-    test = load_splits(config.data).test
+    test = [] if config.eval.task == "humaneval" else load_splits(config.data).test  # HumanEval ships its problems
     result = evaluate(model, tokenizer, test, config.eval, config.data.template,
                       os.path.join(out, "predictions.jsonl"))
     if jax.process_index() == 0:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from lowrank_jax.adapters import merge
 from lowrank_jax.data import build_batches, load_splits
-from lowrank_jax.evaluation.gsm8k_eval import evaluate
+from lowrank_jax.evaluation.tasks import evaluate
 from lowrank_jax.evaluation.token_loss_eval import mean_token_loss
 from lowrank_jax.export import export_peft, hf_base_model
 from lowrank_jax.models import save_pretrained
@@ -68,6 +68,16 @@ def on_mesh(mesh: Mesh, fn: Callable) -> Callable:
         with jax.set_mesh(mesh):
             return fn(*args, **kwargs)
     return call
+
+
+def score_line(scores: dict) -> str:
+    """One line of an evaluation's headline scores, e.g. 'accuracy 0.625 (15/24), answer_loss 0.0360'."""
+    parts = []
+    for key in ("accuracy", "pass@1"):
+        if key in scores:
+            parts.append(f"{key} {scores[key]:.3f} ({scores.get('correct', scores.get('passed'))}/{scores['n']})")
+    parts += [f"{key} {scores[key]:.4f}" for key in ("answer_loss", "response_loss") if key in scores]
+    return ", ".join(parts)
 
 
 def run(config) -> RunResult:
@@ -194,8 +204,6 @@ def run(config) -> RunResult:
         print(json.dumps({k: v for k, v in report.items() if k not in ("before", "after")}, default=float))
         for name in ("before", "after"):
             if name in report:
-                r = report[name]
-                print(f"{name:>6}: accuracy {r['accuracy']:.3f} ({r['correct']}/{r['n']}), "
-                      f"answer-token loss {r['answer_loss']:.4f}")
+                print(f"{name:>6}: {score_line(report[name])}")
         print(f"held-out loss: {report['val_loss_before']:.4f} before -> {report['val_loss']:.4f} after")
     return RunResult(report, trainable, frozen)

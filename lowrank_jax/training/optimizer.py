@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from lowrank_jax.optim import lorapro, lorapro_adamw
+from lowrank_jax.optim import lorapro, lorapro_adamw, with_loraplus
 
 OPTIMIZERS = ("adamw", "sgd", "lorapro", "lorapro_adamw")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -55,6 +55,7 @@ def build_optimizer(cfg: ml_collections.ConfigDict, total_steps: int,
                              moment_dtype=jnp.dtype(cfg.moment_dtype), frozen_factors=frozen_factors)
     else:
         raise ValueError(f"optimizer.name={cfg.name!r} is unknown; choose one of {OPTIMIZERS}")
+    core = with_loraplus(core, cfg.loraplus_ratio)
     if cfg.grad_clip and cfg.grad_clip > 0:
         return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), core)
     return core

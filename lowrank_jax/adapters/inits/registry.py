@@ -42,24 +42,29 @@ class AdapterMethod:
         init: the init function, called on one float32 (in, out) kernel.
         zero_b: True when the init sets B = 0 (ΔK = 0 at step 0 without touching the base).
         frozen: names of factors (`lora_a`, `lora_b`, `lora_m`) that do not train.
+        weight_decomposed: True for DoRA: the layer also trains a magnitude per output column (`DoraLinear`).
     """
 
     name: str
     init: InitFn
     zero_b: bool
     frozen: tuple[str, ...]
+    weight_decomposed: bool = False
 
 
 METHODS: dict[str, AdapterMethod] = {}
 
 
-def register_init(name: str, *, zero_b: bool = False, frozen: tuple[str, ...] = ()) -> Callable[[InitFn], InitFn]:
+def register_init(
+    name: str, *, zero_b: bool = False, frozen: tuple[str, ...] = (), weight_decomposed: bool = False
+) -> Callable[[InitFn], InitFn]:
     """Registers `fn` as the init of `method=name`.
 
     Args:
         name: the method name users put in `AdapterConfig.method`.
         zero_b: whether the init sets B = 0 (such inits cannot be IntTune's base).
         frozen: factor names that are frozen (`FrozenFactor`) instead of trainable (`nnx.LoRAParam`).
+        weight_decomposed: whether `adapt` builds a `DoraLinear` (magnitude ⊙ normalised direction) for it.
 
     Returns:
         A decorator that registers and returns the function unchanged.
@@ -76,7 +81,8 @@ def register_init(name: str, *, zero_b: bool = False, frozen: tuple[str, ...] = 
     def register(fn: InitFn) -> InitFn:
         if name in METHODS:
             raise ValueError(f"adapter method {name!r} is already registered (by {METHODS[name].init.__qualname__}).")
-        METHODS[name] = AdapterMethod(name=name, init=fn, zero_b=zero_b, frozen=tuple(frozen))
+        METHODS[name] = AdapterMethod(name=name, init=fn, zero_b=zero_b, frozen=tuple(frozen),
+                                      weight_decomposed=weight_decomposed)
         return fn
 
     return register
