@@ -9,13 +9,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lowrank_jax.adapters.delta import adapter_delta
+from lowrank_jax.adapters.frozen_base import dense_kernel, kernel_axes
 from lowrank_jax.adapters.inits import InitFactors
 from lowrank_jax.adapters.layer import AdaptedLinear
 
 
 def _direction(layer: AdaptedLinear) -> jax.Array:
     """V = K + ΔK, (…, in, out) float32."""
-    return layer.base.kernel[...].astype(jnp.float32) + adapter_delta(layer)
+    return dense_kernel(layer.base).astype(jnp.float32) + adapter_delta(layer)
 
 
 def direction_norm(layer: AdaptedLinear) -> jax.Array:
@@ -44,7 +45,7 @@ class DoraLinear(AdaptedLinear):
     float32 temporary and in·out·r multiply-adds per call. Dropout > 0 costs one more x' K matmul.
 
     Args:
-        base: the `nnx.Linear`; it stays unchanged.
+        base: the `nnx.Linear` or `QuantizedLinear` (read dequantized); it stays unchanged.
         factors: lora_a, lora_b with the base's stack axes leading; lora_m and kernel must be None.
         scale, frozen, dropout, dropout_key: as `AdaptedLinear`.
 
@@ -72,7 +73,7 @@ class DoraLinear(AdaptedLinear):
                              "be None (method='dora' initialises A, B as LoRA does).")
         super().__init__(base, factors, scale, frozen=frozen, dropout=dropout, dropout_key=dropout_key)
         magnitude = direction_norm(self).astype(factors.lora_a.dtype)
-        names = base.kernel.get_metadata("out_sharding", None)
+        names = kernel_axes(base)
         if names is None:
             self.lora_magnitude = nnx.LoRAParam(magnitude)
         else:
@@ -89,7 +90,7 @@ class DoraLinear(AdaptedLinear):
         if self.dropout is not None:
             # PEFT's form: the magnitude also rescales the base path of the dropped-out input.
             x = self.dropout(x, rngs=self.dropout_rngs)
-            base_part = jnp.matmul(x.astype(dtype), self.base.kernel[...].astype(dtype), precision=precision)
+            base_part = jnp.matmul(x.astype(dtype), dense_kernel(self.base).astype(dtype), precision=precision)
         else:
             base_part = y if self.base.bias is None else y - self.base.bias[...].astype(dtype)
         h = jnp.matmul(x.astype(dtype), self.lora_a[...].astype(dtype), precision=precision)

@@ -10,8 +10,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lowrank_jax.adapters.frozen_base import kernel_axes, set_dense_kernel
 from lowrank_jax.adapters.inits import InitFactors
 from lowrank_jax.adapters.variables import AdapterScale, FrozenFactor, InitialFactor
+from lowrank_jax.quant.layer import QuantizedLinear
 
 
 class AdaptedLinear(nnx.Module):
@@ -25,7 +27,9 @@ class AdaptedLinear(nnx.Module):
     (…, None, out_name), lora_m (…, None, None), lora_scale (…).
 
     Args:
-        base: the `nnx.Linear`; for a residual init its kernel is overwritten with `factors.kernel`.
+        base: the `nnx.Linear`, or a `QuantizedLinear`; for a residual init its kernel is overwritten with
+            `factors.kernel` (a quantized base requantizes it, so its output at init matches the original up to the
+            residual's quantization error).
         factors: initial factors with the base's stack axes leading, already in the adapter dtype; `kernel` (the
             residual, base dtype) or None.
         scale: s.
@@ -45,7 +49,7 @@ class AdaptedLinear(nnx.Module):
 
     def __init__(
         self,
-        base: nnx.Linear,
+        base: nnx.Linear | QuantizedLinear,
         factors: InitFactors,
         scale: float,
         *,
@@ -54,7 +58,7 @@ class AdaptedLinear(nnx.Module):
         dropout_key: jax.Array | None = None,
     ):
         stack_shape = factors.lora_a.shape[:-2]
-        names = base.kernel.get_metadata("out_sharding", None)
+        names = kernel_axes(base)
 
         def variable(name: str, value, kind=None, axes=()):
             kind = kind or (FrozenFactor if name in frozen else nnx.LoRAParam)
@@ -71,7 +75,7 @@ class AdaptedLinear(nnx.Module):
             self.lora_m = variable("lora_m", factors.lora_m, axes=(None, None))
         self.lora_scale = variable("lora_scale", jnp.full(stack_shape, scale, jnp.float32), kind=AdapterScale)
         if factors.kernel is not None:
-            base.kernel.set_value(factors.kernel)
+            set_dense_kernel(base, factors.kernel)
             # Copies, not aliases of lora_a / lora_b: a train step may donate the state, and JAX refuses to donate
             # one buffer twice.
             init_b = jnp.copy(factors.lora_b)

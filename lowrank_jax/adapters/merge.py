@@ -1,5 +1,8 @@
 """`merge(model)`: folds every adapter into its base kernel, K + s·A M B (DoRA: m ⊙ (K + s·A B) / ‖K + s·A B‖),
-and returns a model of plain linear layers."""
+and returns a model of plain linear layers.
+
+Quantized bases (`QuantizedLinear`) are dequantized first: the merged model is dense, in the base's original dtype.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +12,10 @@ from flax import nnx
 from lowrank_jax.adapters.delta import adapter_delta
 from lowrank_jax.adapters.dora_layer import DoraLinear, dora_kernel
 from lowrank_jax.adapters.general_layer import AdaptedGeneral
+from lowrank_jax.adapters.frozen_base import as_linear
 from lowrank_jax.adapters.layer import AdaptedLinear
 from lowrank_jax.adapters.module_paths import iter_module_paths, replace_module
+from lowrank_jax.quant.transform import dequantize
 
 
 def merge(model: nnx.Module) -> nnx.Module:
@@ -19,7 +24,8 @@ def merge(model: nnx.Module) -> nnx.Module:
 
     The merged kernel is computed in float32 and stored in the base kernel's dtype; dropout and adapter variables
     are dropped. A `DoraLinear` becomes the kernel it computes with, m ⊙ (K + ΔK) / ‖K + ΔK‖ (bias unchanged).
-    The input model is not modified.
+    Every quantized layer, adapted or not, comes back as a dense `nnx.Linear` holding its dequantized kernel (plus
+    ΔK where adapted). The input model is not modified.
 
     Example:
         >>> from flax import nnx
@@ -37,7 +43,8 @@ def merge(model: nnx.Module) -> nnx.Module:
     model = nnx.clone(model)
     adapted = [(path, module) for path, module in iter_module_paths(model) if isinstance(module, AdaptedLinear)]
     for path, layer in adapted:
-        kernel = layer.base.kernel
+        base = as_linear(layer.base)
+        kernel = base.kernel
         if isinstance(layer, DoraLinear):
             merged = dora_kernel(layer)
         else:
@@ -46,5 +53,5 @@ def merge(model: nnx.Module) -> nnx.Module:
                 delta = layer.layout.from_matrix(delta)
             merged = kernel[...].astype(jnp.float32) + delta
         kernel.set_value(merged.astype(kernel.dtype))
-        replace_module(model, path, layer.base)
-    return model
+        replace_module(model, path, base)
+    return dequantize(model)

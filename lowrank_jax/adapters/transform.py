@@ -1,7 +1,8 @@
 """`adapt(model, config)`: puts adapters on the `nnx.Linear`, `nnx.LinearGeneral` and `nnx.Einsum` layers of any NNX
 model whose paths match the config.
 
-Works on plain and on stacked (nnx.vmap-created, kernel (L, in, out)) linears; every layer slice gets its own init.
+Works on plain and on stacked (nnx.vmap-created, kernel (L, in, out)) linears, and on quantized ones
+(`QuantizedLinear`: inits see the dequantized kernel); every layer slice gets its own init.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from flax import nnx
 
 from lowrank_jax.adapters.config import AdapterConfig, as_adapter_config
 from lowrank_jax.adapters.dora_layer import DoraLinear
+from lowrank_jax.adapters.frozen_base import dense_kernel
 from lowrank_jax.adapters.inits import get_method
 from lowrank_jax.adapters.module_paths import dotted, iter_module_paths, replace_module
 from lowrank_jax.adapters.stacked_init import init_stacked
 from lowrank_jax.adapters.targets import ADAPTABLE, adapted_module, as_matrix, matrix_shape
+from lowrank_jax.quant.layer import QuantizedLinear
 
 
 def adapt(model: nnx.Module, config: AdapterConfig | Mapping[str, Any],
@@ -61,7 +64,7 @@ def adapt(model: nnx.Module, config: AdapterConfig | Mapping[str, Any],
     model = nnx.clone(model)
     targets = _plan(model, config, gradients)
     method = get_method(config.method)
-    general = [dotted(path) for path, module in targets if not isinstance(module, nnx.Linear)]
+    general = [dotted(path) for path, module in targets if not isinstance(module, (nnx.Linear, QuantizedLinear))]
     if method.weight_decomposed and general:
         raise ValueError(f"dora adapts nnx.Linear layers only, and the targets match {general}; narrow the targets.")
     root_key = jax.random.key(config.seed)
@@ -72,15 +75,25 @@ def adapt(model: nnx.Module, config: AdapterConfig | Mapping[str, Any],
         rank = config.rank_for(name)
         scale = config.scale_for(name)
         gradient = _gradient_of(linear, name, gradients) if method.needs_gradient else None
-        factors = init_stacked(as_matrix(linear, linear.kernel[...]), init_key, rank=rank, scale=scale, config=config,
-                               gradient=gradient)
-        stack_shape = matrix_shape(linear)[:-2]
+        kernel = dense_kernel(linear) if isinstance(linear, QuantizedLinear) else as_matrix(linear, linear.kernel[...])
+        factors = init_stacked(kernel, init_key, rank=rank, scale=scale, config=config, gradient=gradient)
+        stack_shape = kernel.shape[:-2]
         dropout_keys = jax.random.split(dropout_key, stack_shape) if config.dropout > 0 else None
         adapted = (DoraLinear if method.weight_decomposed else adapted_module)(
             linear, factors, scale, frozen=method.frozen, dropout=config.dropout, dropout_key=dropout_keys
         )
         replace_module(model, path, adapted)
     return model
+
+
+BASES = (*ADAPTABLE, QuantizedLinear)
+
+
+def _in_out(module) -> tuple[int, int]:
+    """(in, out) of a base's kernel as a matrix."""
+    if isinstance(module, QuantizedLinear):
+        return module.in_features, module.out_features
+    return matrix_shape(module)[-2:]
 
 
 def _gradient_of(module, name: str, gradients: Mapping[str, jax.Array]) -> jax.Array:
@@ -95,14 +108,14 @@ def _gradient_of(module, name: str, gradients: Mapping[str, jax.Array]) -> jax.A
 def _plan(model: nnx.Module, config: AdapterConfig, gradients) -> list[tuple[tuple, nnx.Module]]:
     """The (path, linear) pairs to adapt, after checking every target; raises before any work is done."""
     modules = list(iter_module_paths(model))
-    linear_paths = [dotted(path) for path, module in modules if isinstance(module, ADAPTABLE)]
+    linear_paths = [dotted(path) for path, module in modules if isinstance(module, BASES)]
     matched = [(path, module) for path, module in modules if config.targets_match(dotted(path))]
     not_linear = [f"{dotted(path)} ({type(module).__name__})" for path, module in matched
-                  if not isinstance(module, ADAPTABLE)]
+                  if not isinstance(module, BASES)]
     if not_linear:
         raise ValueError(
             f"targets {config.targets!r} match modules that are not linear layers: {not_linear}. Adapters go on "
-            "nnx.Linear, nnx.LinearGeneral and nnx.Einsum layers only; narrow the pattern (it must fullmatch a "
+            "nnx.Linear (quantized too), nnx.LinearGeneral and nnx.Einsum layers only; narrow the pattern (it must fullmatch a "
             f"path). Linear layers: {linear_paths}."
         )
     if not matched:
@@ -115,15 +128,16 @@ def _plan(model: nnx.Module, config: AdapterConfig, gradients) -> list[tuple[tup
     problems = []
     for path, linear in matched:
         name = dotted(path)
-        n_in, n_out = matrix_shape(linear)[-2:]
+        n_in, n_out = _in_out(linear)
         rank = config.rank_for(name)
         if method.rank_factor * rank > min(n_in, n_out):
             needed = f"rank {rank}"
             if method.rank_factor > 1:
                 needed = f"{method.name} needs {method.rank_factor} x {needed}"
             problems.append(f"{name}: {needed} > min(in, out) = min({n_in}, {n_out})")
-        if not jnp.issubdtype(linear.kernel.dtype, jnp.floating):
-            problems.append(f"{name}: kernel dtype {linear.kernel.dtype} is not floating point")
+        kernel_dtype = linear.param_dtype if isinstance(linear, QuantizedLinear) else linear.kernel.dtype
+        if not jnp.issubdtype(kernel_dtype, jnp.floating):
+            problems.append(f"{name}: kernel dtype {kernel_dtype} is not floating point")
     if problems:
         raise ValueError("cannot adapt: " + "; ".join(problems) + ". Lower the rank (rank / rank_pattern) or "
                          "exclude these layers from targets.")
