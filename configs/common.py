@@ -1,7 +1,7 @@
 """The one base config every method file starts from; method files change only what differs.
 
 Presets (the part after ':' in `--config=configs/nlora_llama.py:PRESET`):
-  embedded    SmolLM2-135M-Instruct (the offline GGUF) on offline GSM8K-format data; a 2-core CPU runs it in minutes.
+  embedded    SmolLM2-135M-Instruct (the offline GGUF) on offline leg-counting problems; a 2-core CPU runs it in ~10 min.
   gsm8k       SmolLM2-135M-Instruct on real GSM8K (openai/gsm8k from the Hub, or `--config.data.train=DIR` with
               GSM8K's train.jsonl / test.jsonl), GPU-sized.
   llama2_7b   Llama-2-7B from the hub (or `--config.model.path=/local/dir`) on MetaMathQA-100k: the papers' setup.
@@ -45,6 +45,7 @@ def get_config(preset, *, method, settings, optimizer="adamw", trainable="adapte
         random=ml_collections.ConfigDict(TINY_MODEL),  # the architecture when path == 'random'
         dtype="bfloat16",         # compute dtype
         param_dtype="bfloat16",   # frozen base weights
+        quantize="none",          # frozen base storage: 'none' | 'int8' (per output channel) | 'nf4' (QLoRA)
         scan_layers=True,
         remat="full",
         attention_impl="auto",    # cuDNN flash attention on NVIDIA GPUs (sm80+, bf16), else XLA | cudnn | xla
@@ -61,6 +62,7 @@ def get_config(preset, *, method, settings, optimizer="adamw", trainable="adapte
             seed=0,
             niter=config_dict.placeholder(int),        # PiSSA: randomized-SVD subspace iterations (None = exact SVD)
             oversampling=config_dict.placeholder(int), # nystrom: extra sketch columns (None = r // 2)
+            stable_gamma=config_dict.placeholder(float),  # LoRA-GA: γ of the stable scale (None = 16)
             init_base=config_dict.placeholder(str),    # IntTune: the init providing the frozen A, B (None = 'nlora')
         ))
     c.optimizer = ml_collections.ConfigDict(dict(
@@ -102,6 +104,8 @@ def get_config(preset, *, method, settings, optimizer="adamw", trainable="adapte
         val_seed=0,               # which examples are held out (fixed, so runs of any seed score the same problems)
         seed=0,                   # training order
     ))
+    # LoRA-GA: training batches whose mean loss gradient initialises the adapters (the authors average 64 of 2 rows).
+    c.loraga = ml_collections.ConfigDict(dict(gradient_batches=8))
     c.train = ml_collections.ConfigDict(dict(
         trainable=trainable,      # 'adapters' (base frozen) | 'all' (full fine-tuning; the adapter block is unused)
         steps=0,                  # 0 = derive from epochs
@@ -128,10 +132,10 @@ def get_config(preset, *, method, settings, optimizer="adamw", trainable="adapte
 
     if preset == "embedded":
         c.model.update(dtype="float32", param_dtype="float32", remat="none")
-        # Sized for a 2-core CPU in ~10 minutes: 24 steps of 4 packed rows (~200 problems seen).
+        # Two-animal leg counting, about 95 tokens a problem: 20 steps of 4 packed rows (~320 problems seen).
         c.data.update(max_length=384, batch_size=4, epochs=1.0, max_train_examples=0, val_examples=32)
         c.train.update(steps=20, log_every=2, checkpoint_every=10)
-        c.eval.update(num_examples=24, batch_size=24, max_new_tokens=160, before_and_after=True)
+        c.eval.update(num_examples=64, batch_size=64, max_new_tokens=56, max_length=128, before_and_after=True)
     elif preset == "gsm8k":
         c.model.update(remat="dots_with_no_batch_dims_saveable")
         c.data.update(source="gsm8k", max_length=512, batch_size=32, epochs=2.0, val_examples=300)

@@ -8,16 +8,20 @@ Presets: python train.py --config=configs/loraga_llama.py:llama2_7b   (the paper
 Overrides: --config.adapter.stable_gamma=64 --config.loraga.gradient_batches=16 --config.workdir=runs/x
 """
 
-import ml_collections
 
 from configs import common
 
 
+# What each preset runs (LoRA-GA on LoRA-Pro's r = 8, alpha = 16).
+SETTINGS = {
+    "llama2_7b": dict(rank=8, alpha=16.0, learning_rate=2e-5),
+    "gsm8k": dict(rank=8, alpha=16.0, learning_rate=5e-4),
+    "embedded": dict(rank=8, alpha=16.0, learning_rate=5e-4),
+    "tiny": dict(rank=4, alpha=8.0, learning_rate=5e-4),
+}
+
+
 def get_config(preset=None):
-    config = common.get_config(preset, method="loraga", rank=8, alpha=16.0, learning_rate=2e-5,
-                               small_model_learning_rate=5e-4)
+    config = common.get_config(preset, method="loraga", settings=SETTINGS)
     config.adapter.stable_gamma = 16.0  # γ in the stable scale out^¼/√γ of both factors
-    # Training batches whose mean loss gradient initialises the adapters (each of data.batch_size rows; the
-    # authors average 64 batches of 2 samples).
-    config.loraga = ml_collections.ConfigDict(dict(gradient_batches=8))
     return config

@@ -14,7 +14,7 @@ from configs import common
 SETTINGS = {
     "llama2_7b": dict(rank=128, alpha=128.0, learning_rate=2e-4),
     "gsm8k": dict(rank=128, alpha=128.0, learning_rate=5e-4),
-    "embedded": dict(rank=16, alpha=16.0, learning_rate=5e-4),
+    "embedded": dict(rank=16, alpha=16.0, learning_rate=1e-3),
     "tiny": dict(rank=4, alpha=4.0, learning_rate=5e-4),
 }
 

@@ -14,8 +14,8 @@ import orbax.checkpoint as ocp
 import pytest
 import safetensors.numpy
 
-from configs import (common, dora_llama, full_llama, inttune_llama, lora_llama, lorapro_llama, nlora_llama, nystrom_llama,
-                     pissa_llama, slora_llama)
+from configs import (common, dora_llama, full_llama, inttune_llama, lora_llama, loraga_llama, lorapro_llama,
+                     nlora_llama, nystrom_llama, pissa_llama, qlora_llama, slora_llama)
 from lowrank_jax.data import build_batches, load_splits
 from lowrank_jax.evaluation.token_loss_eval import mean_token_loss
 from lowrank_jax.models import load_pretrained, load_tokenizer
@@ -144,7 +144,7 @@ def expected_trainable(config):
         return layers * per_layer + vocab * hidden + hidden  # tied embeddings + final norm
     method, rank = config.adapter.method, config.adapter.rank
     lora = layers * sum(rank * (i + o) for i, o in PROJECTIONS)
-    if method in ("lora", "pissa"):
+    if method in ("lora", "pissa", "loraga"):
         return lora
     if method == "dora":  # and a magnitude per output column
         return lora + layers * sum(o for _, o in PROJECTIONS)
@@ -159,6 +159,7 @@ def expected_trainable(config):
     (nystrom_llama, "adamw"), (inttune_llama, "adamw"), (pissa_llama, "adamw"), (full_llama, "adamw"),
     (lorapro_llama, "lorapro"), (lorapro_llama, "lorapro_adamw"), (nlora_llama, "lorapro"),
     (inttune_llama, "lorapro_adamw"), (dora_llama, "adamw"), (dora_llama, "lorapro"), (lora_llama, "loraplus"),
+    (loraga_llama, "adamw"), (qlora_llama, "lorapro"),
 ])
 def test_every_config_trains_a_few_steps(data_dir, tmp_path, module, optimizer):
     overrides = {"optimizer.loraplus_ratio": 16.0} if optimizer == "loraplus" else {"optimizer.name": optimizer}
@@ -208,6 +209,8 @@ def test_unrolled_layers_train_like_scanned_ones(data_dir, tmp_path, module, opt
     ({"train.trainable": "all", "optimizer.name": "lorapro"}, "train.trainable='all'"),
     ({"train.trainable": "lora"}, "train.trainable"),
     ({"optimizer.loraplus_ratio": -1.0}, "loraplus_ratio"),
+    ({"model.quantize": "nf3"}, "model.quantize"),
+    ({"adapter.method": "loraga", "loraga.gradient_batches": 0}, "gradient_batches"),
     ({"adapter.method": "inttune", "optimizer.loraplus_ratio": 16.0}, "loraplus_ratio"),
     ({"adapter.method": "vera"}, "vera"),
     ({"adapter.rank": 0}, "rank"),

@@ -10,7 +10,6 @@ from flax import nnx
 
 from lowrank_jax.quant.layer import QuantizedLinear
 
-FROZEN_BASES = (nnx.Linear, QuantizedLinear)
 
 
 def dense_kernel(base: nnx.Linear | QuantizedLinear) -> jax.Array:

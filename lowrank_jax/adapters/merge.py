@@ -11,8 +11,8 @@ from flax import nnx
 
 from lowrank_jax.adapters.delta import adapter_delta
 from lowrank_jax.adapters.dora_layer import DoraLinear, dora_kernel
-from lowrank_jax.adapters.general_layer import AdaptedGeneral
 from lowrank_jax.adapters.frozen_base import as_linear
+from lowrank_jax.adapters.general_layer import AdaptedGeneral
 from lowrank_jax.adapters.layer import AdaptedLinear
 from lowrank_jax.adapters.module_paths import iter_module_paths, replace_module
 from lowrank_jax.quant.transform import dequantize

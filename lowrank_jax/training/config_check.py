@@ -16,6 +16,7 @@ from jax.sharding import Mesh
 from lowrank_jax.adapters import AdapterConfig
 from lowrank_jax.data import check_data_config
 from lowrank_jax.evaluation.tasks import check_eval_config
+from lowrank_jax.quant import FORMATS as QUANTIZE_FORMATS
 from lowrank_jax.models.attention_choice import check_attention_impl
 from lowrank_jax.models.config import DTYPES as MODEL_DTYPES
 from lowrank_jax.training.model_source import resolve_model_path
@@ -69,6 +70,11 @@ def check_config(config: ml_collections.ConfigDict) -> str:
     _require(ratio is None or (ratio > 0 and not full and config.adapter.method != "inttune"),
              f"optimizer.loraplus_ratio={ratio} scales lora_b's updates: it must be > 0 and needs a method whose B "
              "trains (not train.trainable='all' or inttune); leave it unset to turn LoRA+ off")
+    _require(m.quantize in ("none", *QUANTIZE_FORMATS), f"model.quantize={m.quantize!r}: choose 'none', 'int8' or 'nf4'")
+    _require(not (full and m.quantize != "none"), f"model.quantize={m.quantize!r} stores the frozen base quantized, "
+             "but train.trainable='all' trains every weight; set model.quantize='none' or train.trainable='adapters'")
+    _require(full or config.adapter.method != "loraga" or config.loraga.gradient_batches >= 1,
+             f"loraga.gradient_batches={config.loraga.gradient_batches} must be >= 1 (LoRA-GA's init reads them)")
     _require(o.schedule in SCHEDULES, f"optimizer.schedule={o.schedule!r}: choose one of {SCHEDULES}")
     _require(o.learning_rate > 0, f"optimizer.learning_rate={o.learning_rate} must be > 0")
     _require(0 <= o.warmup_ratio < 1, f"optimizer.warmup_ratio={o.warmup_ratio} must be in [0, 1)")

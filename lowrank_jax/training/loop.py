@@ -29,6 +29,7 @@ from lowrank_jax.models import save_pretrained
 from lowrank_jax.sharding import batch_sharding, make_mesh
 from lowrank_jax.training.checkpoint import Checkpointer
 from lowrank_jax.training.config_check import adapter_config_from, check_config, check_mesh
+from lowrank_jax.training.loraga_gradients import loraga_gradients
 from lowrank_jax.training.metrics_log import MetricsLog
 from lowrank_jax.training.model_source import hf_name, load_model
 from lowrank_jax.training.optimizer import build_optimizer, build_schedule
@@ -114,7 +115,8 @@ def run(config) -> RunResult:
                                                    os.path.join(config.workdir, "predictions_before.jsonl"))
 
     # adapters
-    state = adapt_onto_mesh(model, adapter, mesh)
+    gradients = loraga_gradients(model, batches.train, config) if adapter and adapter.method == "loraga" else None
+    state = adapt_onto_mesh(model, adapter, mesh, quantize=config.model.quantize, gradients=gradients)
     del model
     graphdef, trainable, rngs, frozen = state
     report["trainable_params"] = int(sum(x.size for x in jax.tree.leaves(trainable)))

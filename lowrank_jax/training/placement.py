@@ -14,6 +14,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lowrank_jax.adapters import AdapterConfig, adapt
+from lowrank_jax.quant import quantize as quantize_base
 from lowrank_jax.sharding import state_shardings
 from lowrank_jax.training.step import make_train_step
 
@@ -41,11 +42,16 @@ def split_onto_mesh(model: nnx.Module, mesh: Mesh) -> TrainState:
     return TrainState(graphdef, trainable, rngs, frozen)
 
 
-def adapt_onto_mesh(model: nnx.Module, adapter: AdapterConfig | None, mesh: Mesh) -> TrainState:
+def adapt_onto_mesh(model: nnx.Module, adapter: AdapterConfig | None, mesh: Mesh, *, quantize: str = "none",
+                    gradients=None) -> TrainState:
     """The one path from a loaded base model to its training state: adapters put on (none when `adapter` is None:
-    full fine-tuning), then split and placed on `mesh`. Training, restoring a run and the benchmarks call it."""
+    full fine-tuning; LoRA-GA reads `gradients`), the frozen base quantized ('int8', 'nf4'; after the adapters, so
+    residual inits quantize their residual, as QPiSSA does), then split and placed on `mesh`. Training, restoring a
+    run and the benchmarks call it."""
     if adapter is not None:
-        model = adapt(model, adapter)
+        model = adapt(model, adapter, gradients)
+    if quantize != "none":
+        model = quantize_base(model, quantize)
     return split_onto_mesh(model, mesh)
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
+from lowrank_jax.data import build_batches, load_splits
 from lowrank_jax.sharding import make_mesh
 from lowrank_jax.training.checkpoint import Checkpointer
 from lowrank_jax.training.config_check import adapter_config_from
+from lowrank_jax.training.loraga_gradients import loraga_gradients
 from lowrank_jax.training.model_source import load_model
 from lowrank_jax.training.placement import adapt_onto_mesh
 
@@ -23,7 +25,12 @@ def trained_model(config, model_path: str, workdir: str):
     """
     model, _, tokenizer = load_model(config.model, model_path, config.seed)
     mesh = make_mesh(devices=jax.devices()[:1])
-    graphdef, trainable, rngs, frozen = adapt_onto_mesh(model, adapter_config_from(config), mesh)
+    adapter, gradients = adapter_config_from(config), None
+    if adapter is not None and adapter.method == "loraga":  # its frozen base is rebuilt from the same gradients
+        batches = build_batches(load_splits(config.data), tokenizer, config.data, process_index=0, process_count=1)
+        gradients = loraga_gradients(model, batches.train, config)
+    graphdef, trainable, rngs, frozen = adapt_onto_mesh(model, adapter, mesh, quantize=config.model.quantize,
+                                                        gradients=gradients)
     items, meta = Checkpointer(workdir).restore({"trainable": trainable})
     print(f"restored step {meta['step']} from {workdir}")
     return nnx.merge(graphdef, items["trainable"], rngs, frozen), tokenizer

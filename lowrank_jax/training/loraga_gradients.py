@@ -1,0 +1,25 @@
+"""LoRA-GA's input in a run: the loss gradients of the target kernels, averaged over the first training batches."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from lowrank_jax.adapters.loraga import estimate_gradients
+from lowrank_jax.losses import token_loss
+
+
+def loraga_gradients(model, train_batches, config):
+    """A lazy {module path: gradient (…, in, out)} from the first `loraga.gradient_batches` training batches, split
+    into the run's micro-batches; the iterator is rewound, so training still starts at its first batch."""
+    start = train_batches.state()
+    sample = [next(train_batches) for _ in range(config.loraga.gradient_batches)]
+    train_batches.restore(start)
+    micro = len(next(iter(sample[0].values()))) // config.data.grad_accum
+    micro_batches = [{k: jnp.asarray(v[i:i + micro]) for k, v in batch.items()}
+                     for batch in sample for i in range(0, len(batch["input_ids"]), micro)]
+
+    def mean_token_loss(model, batch):
+        loss_sum, n_tokens = token_loss(model, batch)
+        return loss_sum / jnp.maximum(n_tokens, 1.0)
+
+    return estimate_gradients(model, mean_token_loss, micro_batches, config.adapter.targets)
