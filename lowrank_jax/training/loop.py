@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from lowrank_jax.adapters import merge
 from lowrank_jax.data import build_batches, load_splits
-from lowrank_jax.evaluation.tasks import evaluate
+from lowrank_jax.evaluation.tasks import check_eval_examples, evaluate
 from lowrank_jax.evaluation.token_loss_eval import mean_token_loss
 from lowrank_jax.export import export_peft, hf_base_model
 from lowrank_jax.models import save_pretrained
@@ -99,6 +99,8 @@ def run(config) -> RunResult:
     # data
     model, model_config, tokenizer = load_model(config.model, model_path, config.seed)
     splits = load_splits(config.data)
+    if config.eval.after or config.eval.before_and_after:
+        check_eval_examples(config.eval, splits.test)  # before any training: the run must be able to finish
     batches = build_batches(splits, tokenizer, config.data, process_index=jax.process_index(),
                             process_count=jax.process_count())
     total_steps = config.train.steps or batches.steps_per_epoch() * config.data.epochs
