@@ -53,5 +53,10 @@ ARMS = {arm.name: arm for arm in (
         2e-3, "lorapro"),
     Arm("nystrom-r128", "nystrom_llama", R128, 2.5e-4, "nlora"),
     Arm("inttune-r128", "inttune_llama", R128, 2e-3, "nlora"),
+    # The methods other stacks offer, on LoRA-Pro's setting.
+    Arm("dora-r8", "dora_llama", R8, 4e-3, "others"),
+    Arm("loraplus-r8", "lora_llama", {**R8, "optimizer.loraplus_ratio": 16.0}, 1e-3, "others"),
+    Arm("loraga-r8", "loraga_llama", R8, 1e-3, "others"),
+    Arm("qlora-r8", "qlora_llama", R8, 4e-3, "others"),
 )}
 BASE = Arm("base", "lora_llama", R8, BASE_LR, "base")
