@@ -101,7 +101,7 @@ def result_table(final: list[dict], lrs: dict[str, float], edges: dict[str, bool
              "train loss (end) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     if not groups:
         return "(no evaluated runs)"
-    order = {"lorapro": 0, "nlora": 1, "base": 2}
+    order = {"lorapro": 0, "nlora": 1, "others": 2, "base": 3}
 
     def sort_key(item):
         name, runs = item
