@@ -203,7 +203,7 @@ def test_lorapro_adjusts_a_b_as_a_lora_of_the_direction_and_the_magnitude_gets_i
 
 @pytest.mark.parametrize("config, message", [
     ({"method": "inttune", "init_base": "dora"}, "that init sets B = 0"),
-    ({"method": "dora", "niter": 2}, "niter applies to pissa only"),
+    ({"method": "dora", "niter": 2}, "niter applies to pissa and loraga only"),
 ], ids=["inttune-on-dora", "niter"])
 def test_bad_config_is_refused(config, message):
     with pytest.raises(ValueError, match=message):

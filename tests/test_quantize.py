@@ -172,7 +172,13 @@ def test_quantized_parts_carry_the_kernels_axis_names():
         None, "fsdp", "tensor")
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+def test_gradient_inits_refuse_an_already_quantized_base():
+    with pytest.raises(ValueError, match="adapt first and quantize after"):
+        adapt(quantized_llama("nf4"), {"method": "loraga", "rank": 4, "alpha": 8.0, "targets": ".*q_proj"},
+              gradients={})
+
+
+@pytest.mark.parametrize("method", sorted(m for m in METHODS if not METHODS[m].needs_gradient))
 def test_every_method_adapts_a_quantized_base(method):
     """Adapting a quantized model: inits read the dequantized kernel; a residual init requantizes the residual, so the
     effective kernel at init moves by that residual's quantization error only (not at all for B = 0 inits); merge

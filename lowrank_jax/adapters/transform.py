@@ -124,6 +124,10 @@ def _plan(model: nnx.Module, config: AdapterConfig, gradients) -> list[tuple[tup
             f"Linear layers in this model: {linear_paths}."
         )
     method = get_method(config.method)
+    quantized = [dotted(path) for path, module in matched if isinstance(module, QuantizedLinear)]
+    if method.needs_gradient and quantized:
+        raise ValueError(f"{method.name} initialises from the loss gradients of dense kernels, but {quantized[:3]} are "
+                         "quantized; adapt first and quantize after (as adapt_onto_mesh and model.quantize do).")
     _check_gradients(method, [dotted(path) for path, _ in matched], gradients)
     problems = []
     for path, linear in matched:
