@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 import jax.numpy as jnp
 
 from lowrank_jax.adapters.inits import get_method
+from lowrank_jax.config_fields import from_fields
 
 _SCALINGS = ("standard", "rslora")
 _DTYPES = ("float32", "bfloat16", "float16", "float64")
@@ -150,13 +151,7 @@ def as_adapter_config(config: AdapterConfig | Mapping[str, Any]) -> AdapterConfi
     """`config` itself, or an `AdapterConfig` built from a dict (unknown keys are an error naming the valid ones)."""
     if isinstance(config, AdapterConfig):
         return config
-    if not isinstance(config, Mapping):
-        raise TypeError(f"expected an AdapterConfig or a dict of its fields, got {type(config).__name__}.")
-    valid = [f.name for f in dataclasses.fields(AdapterConfig)]
-    unknown = sorted(set(config) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown AdapterConfig keys {unknown}; valid keys: {valid}.")
-    return AdapterConfig(**config)
+    return from_fields(AdapterConfig, config)
 
 
 def _first_match(patterns: Mapping[str, Any], path: str, default):

@@ -6,6 +6,8 @@ import dataclasses
 import re
 from typing import Any, Mapping
 
+from lowrank_jax.config_fields import from_fields
+
 FORMATS = ("int8", "nf4")
 
 
@@ -69,10 +71,4 @@ def as_quantize_config(config: QuantizeConfig | str | Mapping[str, Any]) -> Quan
         return config
     if isinstance(config, str):
         return QuantizeConfig(format=config)
-    if not isinstance(config, Mapping):
-        raise TypeError(f"expected a QuantizeConfig, a format name or a dict of fields, got {type(config).__name__}.")
-    valid = [f.name for f in dataclasses.fields(QuantizeConfig)]
-    unknown = sorted(set(config) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown QuantizeConfig keys {unknown}; valid keys: {valid}.")
-    return QuantizeConfig(**config)
+    return from_fields(QuantizeConfig, config)
