@@ -17,7 +17,7 @@ def from_fields(cls: type, config: Mapping[str, Any]):
     Point(x=2)
     """
     if not isinstance(config, Mapping):
-        raise TypeError(f"expected a {cls.__name__} or a dict of its fields, got {type(config).__name__}.")
+        raise TypeError(f"expected {cls.__name__} or a dict of its fields, got {type(config).__name__}.")
     valid = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(config) - set(valid))
     if unknown:
