@@ -13,6 +13,7 @@ import torch
 import transformers
 from flax import nnx
 
+from hf_reference import save_random_hf_llama
 from lowrank_jax.adapters import AdaptedLinear, adapt, merge
 from lowrank_jax.export import export_peft
 from lowrank_jax.models.pretrained import load_pretrained, save_pretrained
@@ -32,14 +33,7 @@ def _highest_matmul_precision():
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory):
     """A random HF Llama (weights ~ N(0, 0.2²), norm scales 1 + N(0, 0.2²)) saved as safetensors."""
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**HF_CONFIG)).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            param.copy_(torch.randn_like(param) * 0.2 + (1.0 if "norm" in name else 0.0))
-    path = tmp_path_factory.mktemp("base")
-    model.save_pretrained(path)
-    return str(path)
+    return save_random_hf_llama(tmp_path_factory.mktemp("base"), HF_CONFIG)
 
 
 @pytest.fixture(scope="module")
