@@ -11,7 +11,7 @@ work is `lowrank_jax.training.eval_run.run_eval`.
 import json
 import os
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from lowrank_jax.training.eval_run import run_eval
@@ -29,6 +29,7 @@ _OUT = flags.DEFINE_string("out", None, "Where eval.json and predictions.jsonl g
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # as train.py: JAX's and orbax's INFO lines do not cross the bar
     result = run_eval(_CONFIG.value, workdir=_WORKDIR.value, model_path=_MODEL.value, base=_BASE.value,
                       out=_OUT.value)
     print(json.dumps(result))

@@ -33,7 +33,8 @@ def run_eval(config, *, workdir: str | None = None, model_path: str | None = Non
     workdir = workdir or config.workdir
     if model_path:
         check_eval_config(config.eval)
-        check_data_config(config.data, needs_test=config.eval.task != "humaneval")
+        if config.eval.task != "humaneval":  # HumanEval ships its problems: no data to check
+            check_data_config(config.data, needs_test=True)
         model, _ = load_pretrained(model_path, dtype=config.model.dtype, param_dtype=config.model.param_dtype)
         tokenizer = load_tokenizer(model_path)
     else:
