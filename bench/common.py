@@ -40,15 +40,19 @@ FULL_FT_MODELS = ("llama-3.2-1b", "tiny", "small")  # full fine-tuning of the 7B
 @dataclasses.dataclass(frozen=True)
 class Method:
     """A row of the method table: adapter init (None: full fine-tuning, no adapters), rank, optimizer, LoRA-Pro
-    moment dtype."""
+    moment dtype, LoRA+ ratio (B's learning rate / A's; None = off) and the SVD inits' randomized-SVD iterations
+    (None = exact SVD)."""
 
     adapter: str | None
     rank: int
     optimizer: str
     moment_dtype: str = "float32"
+    loraplus_ratio: float | None = None
+    niter: int | None = None
 
 
-# All 7 projections adapted; alpha = 2·rank. SLoRA and NLoRA run the same step program (only the init differs).
+# All 7 projections adapted; alpha = 2·rank. SLoRA, NLoRA and LoRA-GA run LoRA's step program (only the init
+# differs).
 METHODS = {
     "lora-r8": Method("lora", 8, "adamw"),
     "lora-r128": Method("lora", 128, "adamw"),
@@ -58,6 +62,11 @@ METHODS = {
     "lorapro-r8": Method("lora", 8, "lorapro"),
     "lorapro_adamw-r8-bf16": Method("lora", 8, "lorapro_adamw", "bfloat16"),
     "lorapro_adamw-r8-fp32": Method("lora", 8, "lorapro_adamw", "float32"),
+    "dora-r8": Method("dora", 8, "adamw"),
+    "loraplus-r8": Method("lora", 8, "adamw", loraplus_ratio=16.0),
+    # LoRA-GA: gradients of the bench's first synthetic batches; randomized SVD as its authors (exact SVD of the
+    # 224 7B gradients would take minutes).
+    "loraga-r8": Method("loraga", 8, "adamw", niter=4),
     "full": Method(None, 0, "adamw"),
 }
 H100_BF16_DENSE_TFLOPS = 989.0
@@ -196,4 +205,5 @@ def format_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) 
 GIB = 2.0**30
 TRAIN_COLUMNS = (("model", "model", ""), ("method", "method", ""), ("seq", "seq", "d"), ("batch", "batch", "d"),
                  ("step_s", "step s", ".3f"), ("tokens_per_s", "tokens/s", ",.0f"), ("mfu", "MFU", ".1%"),
-                 ("peak_memory_gib", "peak GiB", ".1f"), ("status", "status", ""))
+                 ("peak_memory_gib", "peak GiB", ".1f"), ("adapter_init_s", "adapter init s", ".1f"),
+                 ("status", "status", ""))

@@ -71,7 +71,7 @@ def ours_vs_peft(rows: list[dict]) -> list[dict]:
 TRAIN = [("model", "model", ""), ("method", "method", ""), ("seq", "seq", "d"), ("batch", "batch", "d"),
          ("step_s", "step s", ".3f"), ("tokens_per_s", "tokens/s", ",.0f"), ("mfu", "MFU", ".1%"),
          ("peak_memory_gib", "peak GiB", ".1f"), ("step_memory_estimate_gib", "XLA est. GiB", ".1f"),
-         ("compile_s", "compile s", ".0f"), ("status", "status", "")]
+         ("adapter_init_s", "adapter init s", ".1f"), ("compile_s", "compile s", ".0f"), ("status", "status", "")]
 PEFT_TRAIN = [("model", "model", ""), ("method", "method", ""), ("seq", "seq", "d"), ("batch", "batch", "d"),
               ("attention", "attention", ""), ("compile", "compile", ""), ("step_s", "step s", ".3f"),
               ("tokens_per_s", "tokens/s", ",.0f"), ("mfu", "MFU", ".1%"), ("peak_memory_gib", "peak GiB", ".1f"),

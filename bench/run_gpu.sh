@@ -33,7 +33,7 @@ jax="python -m bench.train_step --remat ${REMAT:-full} --attention ${ATTENTION:-
 peft="python -m bench.peft_step --deadline $deadline $tiny"
 steps7b="--steps 3 --warmup 1"   # ~1.5-3 s per 7B step; compilation and start-up dominate anyway
 steps1b="--steps 5 --warmup 1"
-adapters7b=lora-r128,nlora-r128,inttune-r128,lorapro-r8,lorapro_adamw-r8-bf16,lorapro_adamw-r8-fp32
+adapters7b=lora-r128,nlora-r128,inttune-r128,lorapro-r8,lorapro_adamw-r8-bf16,lorapro_adamw-r8-fp32,dora-r8,loraplus-r8,loraga-r8
 methods1b=lora-r8,lora-r128,nlora-r128,inttune-r128,lorapro-r8,lorapro_adamw-r8-bf16,full
 
 run_part() {

@@ -18,12 +18,15 @@ from typing import Any
 
 import jax
 import numpy as np
+from flax import nnx
 
 from bench.common import (GIB, METHODS, canonical_model, matmul_params, mfu, model_shape, synthetic_batch,
                           train_step_flops, write_json)
 from bench.random_llama import random_llama
 from configs import common as run_configs
 from lowrank_jax import AdapterConfig
+from lowrank_jax.adapters.loraga import estimate_gradients
+from lowrank_jax.losses import token_loss
 from lowrank_jax.models import LlamaConfig
 from lowrank_jax.sharding import batch_sharding, make_mesh
 from lowrank_jax.training.optimizer import build_optimizer
@@ -98,19 +101,35 @@ def adapter_rank(spec: RunSpec) -> int:
     return rank if spec.max_rank is None else min(rank, spec.max_rank)
 
 
-def optimizer_config(spec: RunSpec):
-    """The run configs' optimizer block (user defaults: clipping, cosine schedule, AdamW betas) for this method."""
+def run_config(spec: RunSpec):
+    """The run configs' config for this method (user defaults: clipping, cosine schedule, AdamW betas, LoRA-GA's
+    gradient batches)."""
     method = METHODS[spec.method]
     settings = {"embedded": dict(rank=adapter_rank(spec), alpha=2.0 * adapter_rank(spec),
                                  learning_rate=spec.learning_rate)}
     config = run_configs.get_config(None, method=method.adapter, settings=settings, optimizer=method.optimizer,
-                                    trainable="adapters" if method.adapter else "all").optimizer
-    config.moment_dtype = method.moment_dtype
+                                    trainable="adapters" if method.adapter else "all")
+    config.optimizer.update(moment_dtype=method.moment_dtype, loraplus_ratio=method.loraplus_ratio)
     return config
 
 
+def loraga_gradients(spec: RunSpec, model):
+    """LoRA-GA's gradient estimate as a run makes it (training/loraga_gradients.py: the mean token loss over the
+    micro-batches of the first `loraga.gradient_batches` batches), from this benchmark's synthetic batches."""
+    config = run_config(spec)
+    micro_batches = [{k: v[i] for k, v in make_batch(spec, step).items()}
+                     for step in range(config.loraga.gradient_batches) for i in range(spec.accum)]
+
+    def mean_token_loss(model, batch):
+        loss_sum, n_tokens = token_loss(model, batch)
+        return loss_sum / n_tokens
+
+    return estimate_gradients(model, mean_token_loss, micro_batches, config.adapter.targets)
+
+
 def build_state(spec: RunSpec, mesh):
-    """(TrainState, parameter counts), adapted, split and placed by the training loop's own function."""
+    """(TrainState, parameter counts and the adapters' init seconds, LoRA-GA's gradient estimate included), adapted,
+    split and placed by the training loop's own function."""
     method = METHODS[spec.method]
     rank = adapter_rank(spec)
     config = LlamaConfig(**model_shape(spec.model), dtype=spec.dtype, param_dtype=spec.dtype,
@@ -119,11 +138,17 @@ def build_state(spec: RunSpec, mesh):
     adapter = None
     if method.adapter:
         adapter = AdapterConfig(method=method.adapter, rank=rank, alpha=2.0 * rank, dtype=spec.adapter_dtype,
-                                seed=spec.seed)
-    state = adapt_onto_mesh(model, adapter, mesh)
+                                seed=spec.seed, niter=method.niter)
+    jax.block_until_ready(nnx.state(model))
+    start = time.perf_counter()
+    gradients = loraga_gradients(spec, model) if method.adapter == "loraga" else None
+    state = adapt_onto_mesh(model, adapter, mesh, gradients=gradients)
+    jax.block_until_ready(state.trainable)
+    adapter_init_s = time.perf_counter() - start
     leaves = [*jax.tree_util.tree_leaves_with_path(state.trainable), *jax.tree_util.tree_leaves_with_path(state.frozen)]
-    counts = {"adapter_params": sum(x.size for path, x in leaves if path[-1].key in ADAPTER_FACTORS)}
-    counts["trainable_params"] = sum(x.size for x in jax.tree.leaves(state.trainable))
+    counts = {"adapter_params": sum(x.size for path, x in leaves if path[-1].key in ADAPTER_FACTORS),
+              "trainable_params": sum(x.size for x in jax.tree.leaves(state.trainable)),
+              "adapter_init_s": adapter_init_s}
     return state, counts
 
 
@@ -175,7 +200,7 @@ def prepare(spec: RunSpec) -> Prepared:
     start = time.perf_counter()
     state, counts = build_state(spec, mesh)
     total_steps = spec.warmup + spec.steps
-    optimizer = build_optimizer(optimizer_config(spec), total_steps, state.frozen)
+    optimizer = build_optimizer(run_config(spec).optimizer, total_steps, state.frozen)
     opt_state = init_optimizer(optimizer, state.trainable, mesh)
     jax.block_until_ready(opt_state)
     row.update(counts, init_s=time.perf_counter() - start)

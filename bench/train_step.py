@@ -239,8 +239,9 @@ def main(argv=None) -> None:
             row["wall_s"] = time.perf_counter() - start
         rows.append({**row, "scaling_run": bool(args.scaling)})
         if row["status"] == "ok":
-            print(f"  {row['tokens_per_s']:,.0f} tokens/s, MFU {row['mfu']:.1%}; init {row['init_s']:.0f} s, "
-                  f"compile {row['compile_s']:.0f} s, all {row['wall_s']:.0f} s", flush=True)
+            print(f"  {row['tokens_per_s']:,.0f} tokens/s, MFU {row['mfu']:.1%}; init {row['init_s']:.0f} s "
+                  f"(adapters {row['adapter_init_s']:.0f} s), compile {row['compile_s']:.0f} s, "
+                  f"all {row['wall_s']:.0f} s", flush=True)
         else:
             print(f"  {row['status']}: {row.get('error', '')}", flush=True)
         if args.scaling:
