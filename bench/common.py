@@ -207,3 +207,7 @@ TRAIN_COLUMNS = (("model", "model", ""), ("method", "method", ""), ("seq", "seq"
                  ("step_s", "step s", ".3f"), ("tokens_per_s", "tokens/s", ",.0f"), ("mfu", "MFU", ".1%"),
                  ("peak_memory_gib", "peak GiB", ".1f"), ("adapter_init_s", "adapter init s", ".1f"),
                  ("status", "status", ""))
+QUANTIZED_COLUMNS = (("quantize", "base", ""), ("frozen_base_gib", "frozen base GiB", ".3f"),
+                     ("step_memory_estimate_gib", "step GiB (XLA)", ".1f"), ("peak_memory_gib", "peak GiB", ".1f"),
+                     ("tokens_per_s", "tokens/s", ",.0f"), ("tokens_per_s_vs_bf16", "vs bf16", ".2f"),
+                     ("final_loss", "loss@end", ".4f"), ("status", "status", ""))

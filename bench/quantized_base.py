@@ -21,7 +21,8 @@ import tempfile
 import jax
 from flax import nnx
 
-from bench.common import GIB, canonical_model, error_tail, format_table, model_shape, write_json
+from bench.common import (GIB, QUANTIZED_COLUMNS, canonical_model, environment, error_tail, format_table,
+                          model_shape, write_json)
 from lowrank_jax import AdapterConfig, adapt
 from lowrank_jax.adapters import FrozenFactor
 from lowrank_jax.models import Llama, LlamaConfig
@@ -29,10 +30,6 @@ from lowrank_jax.quant import quantize
 from lowrank_jax.sharding import state_shardings
 
 FORMATS = ("none", "int8", "nf4")
-COLUMNS = (("quantize", "base", ""), ("frozen_base_gib", "frozen base GiB", ".3f"),
-           ("step_memory_estimate_gib", "step GiB (XLA)", ".1f"), ("peak_memory_gib", "peak GiB", ".1f"),
-           ("tokens_per_s", "tokens/s", ",.0f"), ("tokens_per_s_vs_bf16", "vs bf16", ".2f"),
-           ("final_loss", "loss@end", ".4f"), ("status", "status", ""))
 
 
 def build_model(config: LlamaConfig, fmt: str, rank: int, adapter_dtype: str, seed: int) -> nnx.Module:
@@ -150,9 +147,10 @@ def main(argv=None) -> None:
         row["frozen_base_gib_from_shapes"] = base_bytes[row["quantize"]]
         if bf16 and row.get("tokens_per_s"):
             row["tokens_per_s_vs_bf16"] = row["tokens_per_s"] / bf16["tokens_per_s"]
-    print(format_table(rows, COLUMNS))
+    print(format_table(rows, QUANTIZED_COLUMNS))
     if args.out:
-        write_json(args.out, {"rows": rows})
+        device = next((r["device"] for r in rows if "device" in r), None)
+        write_json(args.out, {"environment": environment(device), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import glob
 import json
 import os
 
-from bench.common import METHODS, format_cell, format_table
+from bench.common import METHODS, QUANTIZED_COLUMNS, format_cell, format_table
 
 OURS, PEFT = "lowrank-jax", "pytorch+peft"
 
@@ -55,7 +55,7 @@ def ours_vs_peft(rows: list[dict]) -> list[dict]:
     peft = {key(r): r for r in rows if r.get("framework") == PEFT and r["status"] == "ok"}
     pairs = []
     for ours in rows:
-        if ours.get("framework") != OURS or ours["status"] != "ok" or ours.get("scaling_run"):
+        if ours.get("framework") != OURS or ours["status"] != "ok" or ours.get("scaling_run") or "quantize" in ours:
             continue
         theirs = peft.get(key(ours))
         if theirs is None:
@@ -103,12 +103,14 @@ def main() -> None:
         versions = ", ".join(f"{k} {v}" for k, v in env.get("packages", {}).items())
         print(f"- `{env['file']}`: {env.get('device')}, {env.get('date')}; `{env.get('command')}`; {versions}")
     rows.sort(key=table_order)
-    train = [r for r in rows if r.get("framework") == OURS]
+    train = [r for r in rows if r.get("framework") == OURS and "quantize" not in r]
     single = [r for r in train if not r.get("scaling_run")]
     multi = [{**r, "mesh_text": mesh_text(r.get("mesh"))} for r in train if r.get("scaling_run")]
     sections = [("Train step, lowrank-jax", single, TRAIN),
                 ("Train step, transformers + PEFT", [r for r in rows if r.get("framework") == PEFT], PEFT_TRAIN),
                 ("Ours vs PEFT (same GPU, same shapes)", ours_vs_peft(rows), PAIRS),
+                ("Quantized frozen base (bench/quantized_base.py)", [r for r in rows if "quantize" in r],
+                 QUANTIZED_COLUMNS),
                 ("Batched greedy generation", [r for r in rows if "impl" in r], GENERATION),
                 ("Scaling over GPUs (same global batch and data)", multi, SCALING)]
     for title, section_rows, columns in sections:
