@@ -186,6 +186,6 @@ def records_to_examples(records: Sequence[Mapping], columns: Sequence[str], sour
     if not len(records):
         raise ValueError(f"{source} holds no records; point data.train / data.test at a non-empty file")
     kind, fields = resolve_format(record_format, columns, source)
-    where = [f"{source}, {location}" for location in locations] if locations else (
-        f"{source}: record {i}" for i in range(len(records)))
-    return [_item(record, kind, fields, place) for record, place in zip(records, where)]
+    places = ([f"{source}, {location}" for location in locations] if locations
+              else [f"{source}: record {i}" for i in range(len(records))])
+    return [_item(record, kind, fields, place) for record, place in zip(records, places)]

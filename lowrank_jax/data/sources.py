@@ -109,7 +109,7 @@ def _read_json(file: Path, record_format: RecordFormat) -> tuple[list[dict], lis
             where = f", line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
             raise ValueError(f"{file}{where}: not valid JSON ({getattr(e, 'msg', e)}); expected a JSON array of "
                              f"objects, or {expected}") from e
-        locations = [f"record {i}" for i in range(1, len(records) + 1)]
+        locations = [f"record {i}" for i in range(len(records))]  # numbered as `records_to_examples` does
     else:
         records, locations = [], []
         for number, line in enumerate(data.splitlines(), start=1):

@@ -157,8 +157,7 @@ def _open_with_config(path: str | os.PathLike, gguf_file: str | None, dtype, par
     runtime = {**runtime_overrides, **{k: jnp.dtype(v).name for k, v in dtypes.items() if v is not None}}
     unknown = sorted(set(runtime) - set(RUNTIME_FIELDS))
     if unknown:
-        raise TypeError(f"unknown keyword arguments {unknown}; runtime overrides are "
-                        f"{RUNTIME_FIELDS}.")
+        raise TypeError(f"unknown keyword arguments {unknown}; runtime overrides are {RUNTIME_FIELDS}.")
     checkpoint, hf_config, source = _open_checkpoint(os.fspath(path), gguf_file)
     try:
         config = LlamaConfig.from_hf(hf_config)
