@@ -242,7 +242,8 @@ def test_check_data_config_rejects_bad_values_with_the_key(gsm8k_dir, tmp_path):
     check_data_config(data_config(source="local", train=str(gsm8k_dir), test=str(gsm8k_dir)), needs_test=True)
     chat = write_jsonl(tmp_path / "chat.jsonl", [{"conversations": [{"role": "user", "content": "hi"},
                                                                      {"role": "assistant", "content": "hello"}]}])
-    check_data_config(data_config(source="local", train=str(chat), format="messages", messages_field="conversations"))
+    check_data_config(data_config(source="local", train=str(chat), format="messages", messages_field="conversations",
+                                  val_examples=0))
     (tmp_path / "empty.jsonl").write_text("")
     bad = {
         "data.template": dict(template="Question: {question}"),

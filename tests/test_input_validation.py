@@ -1,7 +1,8 @@
 """Mistakes a user makes on the `tiny` preset fail before any weight loads (the loaders are replaced by ones that fail
 the test), with a message naming the file, the line, the setting and the fix: a broken data line, a record without
-the configured fields, a missing data file, a rank wider than the layers, targets matching nothing, and eval.py on
-a workdir without checkpoints or on a PEFT adapter directory (which must create nothing)."""
+the configured fields, too few examples for the validation hold-out, a missing data file, a rank wider than the
+layers, targets matching nothing, and eval.py on a workdir without checkpoints or on a PEFT adapter directory (which
+must create nothing)."""
 
 import json
 import os
@@ -71,6 +72,12 @@ def test_a_record_without_the_configured_fields_names_its_line(data):
     with pytest.raises(ValueError, match=re.escape(f"data.train: {data / 'train.jsonl'}, line 21 has no 'answer' "
                                                    "field (it has ['question', 'solution'])")):
         loop.run(user_config(data_dir=data))
+
+
+def test_too_few_training_examples_for_the_validation_hold_out_fail_before_loading(data):
+    with pytest.raises(ValueError, match=re.escape(f"val_examples=8 are held out of the 4 training examples in "
+                                                   f"data.train='{data / 'test.jsonl'}'")):
+        loop.run(user_config(f"--config.data.train={data / 'test.jsonl'}", data_dir=data))
 
 
 def test_a_missing_data_file_is_named_with_its_setting(data):

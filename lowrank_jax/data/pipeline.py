@@ -34,13 +34,17 @@ def _hub_offline() -> bool:
     return bool(datasets.config.HF_HUB_OFFLINE)
 
 
-def _check_local(key: str, read: Callable[..., list], *args) -> None:
+def _check_local(cfg, key: str, split: str, read: Callable[..., list], *args) -> None:
     """Reads a local split in full (`read(*args)`), re-raising its error (the file, the line, the fix) under
-    `data.<key>`: data files are small beside a model, so every record is checked before any weight loads."""
+    `data.<key>`: data files are small beside a model, so every record is checked before any weight loads. A
+    training split must keep examples to train on beside the `data.val_examples` held out of it."""
     try:
-        read(*args)
+        items = read(*args)
     except (FileNotFoundError, ValueError) as e:
         raise ValueError(f"config: data.{key}: {e}") from e
+    _require(split != "train" or cfg.val_examples < len(items),
+             f"val_examples={cfg.val_examples} are held out of the {len(items)} training examples in "
+             f"data.{key}={cfg[key]!r}, which leaves none to train on; lower data.val_examples or add examples")
 
 
 def check_data_config(cfg, *, needs_test: bool = False) -> None:
@@ -84,7 +88,7 @@ def check_data_config(cfg, *, needs_test: bool = False) -> None:
     if cfg.source == "gsm8k":
         for key in ("train", "test"):
             if cfg[key] or cfg.train:
-                _check_local(key, read_gsm8k, key, cfg[key] or cfg.train)
+                _check_local(cfg, key, key, read_gsm8k, key, cfg[key] or cfg.train)
         _require(bool(cfg.train) or not _hub_offline(),
                  f"source='gsm8k' reads {GSM8K_HUB_ID} from the Hugging Face Hub, which is switched off "
                  "(HF_HUB_OFFLINE / HF_DATASETS_OFFLINE); point at a local copy with "
@@ -99,7 +103,7 @@ def check_data_config(cfg, *, needs_test: bool = False) -> None:
     train_key = "train" if cfg.source == "local" else "source"  # where the training data is named
     for key, split in ((train_key, "train"), ("test", "test")):
         if cfg[key] and looks_like_path(cfg[key]):
-            _check_local(key, read_local, cfg[key], split, record_format)
+            _check_local(cfg, key, split, read_local, cfg[key], split, record_format)
     hub_ids = [cfg[key] for key in (train_key, "test") if cfg[key] and not looks_like_path(cfg[key])]
     _require(not hub_ids or not _hub_offline(),
              f"source/test name Hugging Face Hub datasets {hub_ids}, but the Hub is switched off (HF_HUB_OFFLINE / "
