@@ -77,7 +77,7 @@ def test_field_mappings(read_local_rows):
     with pytest.raises(ValueError, match=r"cannot tell the data format from its columns \['problem', 'solution'\].*"
                                          r"--config\.data\.query_field=problem"):
         read_local_rows([{"problem": "p", "solution": "s"}])
-    with pytest.raises(ValueError, match="record 0 has question=None"):
+    with pytest.raises(ValueError, match=r"rows\d+\.jsonl, line 1 has question=None"):
         read_local_rows([{"question": None, "answer": "a"}])
 
 
@@ -102,12 +102,12 @@ def test_messages_prompt_completion_and_text_records(read_local_rows):
 
 def test_bad_records_name_the_record_the_column_and_the_fix(read_local_rows, tmp_path):
     user_only = [{"role": "user", "content": "hi"}]
-    with pytest.raises(ValueError, match=r"record 1: messages has no 'assistant' message.*at least one assistant"):
+    with pytest.raises(ValueError, match=r"line 2: messages has no 'assistant' message.*at least one assistant"):
         read_local_rows([{"messages": user_only + [{"role": "assistant", "content": "hello"}]},
                          {"messages": user_only}])
-    with pytest.raises(ValueError, match=r"record 0: messages\[0\]=.*'role' in \('system', 'user', 'assistant'"):
+    with pytest.raises(ValueError, match=r"line 1: messages\[0\]=.*'role' in \('system', 'user', 'assistant'"):
         read_local_rows([{"messages": [{"role": "human", "value": "hi"}]}])
-    with pytest.raises(ValueError, match=r"record 0: completion has no 'assistant' message"):
+    with pytest.raises(ValueError, match=r"line 1: completion has no 'assistant' message"):
         read_local_rows([{"prompt": user_only, "completion": user_only}])
     with pytest.raises(ValueError, match=r"both must be strings, or both lists of chat messages"):
         read_local_rows([{"prompt": "hi", "completion": [{"role": "assistant", "content": "x"}]}])
@@ -120,7 +120,7 @@ def test_bad_records_name_the_record_the_column_and_the_fix(read_local_rows, tmp
     with pytest.raises(ValueError, match=r"empty\.jsonl holds no records; point data\.train / data\.test"):
         read_local(tmp_path / "empty.jsonl")
     (tmp_path / "bad.jsonl").write_text('{"text": "a"}\n{"text": \n')
-    with pytest.raises(ValueError, match=r"bad\.jsonl:2 is not one JSON object per line"):
+    with pytest.raises(ValueError, match=r"bad\.jsonl, line 2: not valid JSON \(Expecting value: column 10\)"):
         read_local(tmp_path / "bad.jsonl")
 
 
@@ -240,8 +240,10 @@ def test_check_data_config_rejects_bad_values_with_the_key(gsm8k_dir, tmp_path):
     check_data_config(data_config(source="gsm8k", train=str(gsm8k_dir)), needs_test=True)
     check_data_config(data_config(source="local", train=str(gsm8k_dir / "train.jsonl")))
     check_data_config(data_config(source="local", train=str(gsm8k_dir), test=str(gsm8k_dir)), needs_test=True)
-    chat = write_jsonl(tmp_path / "chat.jsonl", [{"conversations": [{"role": "user", "content": "hi"}]}])
-    check_data_config(data_config(source="local", train=str(chat), format="messages", messages_field="conversations"))
+    chat = write_jsonl(tmp_path / "chat.jsonl", [{"conversations": [{"role": "user", "content": "hi"},
+                                                                     {"role": "assistant", "content": "hello"}]}])
+    check_data_config(data_config(source="local", train=str(chat), format="messages", messages_field="conversations",
+                                  val_examples=0))
     (tmp_path / "empty.jsonl").write_text("")
     bad = {
         "data.template": dict(template="Question: {question}"),
@@ -256,11 +258,11 @@ def test_check_data_config_rejects_bad_values_with_the_key(gsm8k_dir, tmp_path):
         r"source='gsm8k' reads openai/gsm8k from the Hugging Face Hub, which is switched off.*--config\.data\.train=":
             dict(source="gsm8k"),
         "data.train is empty": dict(source="local"),
-        "data.train=.* does not exist": dict(source="local", train=str(tmp_path / "missing.jsonl")),
+        "data.train: .*missing.jsonl.* does not exist": dict(source="local", train=str(tmp_path / "missing.jsonl")),
         r"data.train: .*chat\.jsonl: data.format='messages' needs the column\(s\) \['messages'\]":
             dict(source="local", train=str(chat), format="messages"),
         r"data.train: .*chat\.jsonl: cannot tell the data format": dict(source="local", train=str(chat)),
-        r"data.train: .*empty\.jsonl is empty": dict(source="local", train=str(tmp_path / "empty.jsonl")),
+        r"data.train: .*empty\.jsonl holds no records": dict(source="local", train=str(tmp_path / "empty.jsonl")),
         r"data.test: .*no file matches split 'test'": dict(source="local", train=str(gsm8k_dir / "train.jsonl"),
                                                            test=str(tmp_path)),
         r"Hub datasets \['openai/gsm8k'\].*switched off": dict(source="openai/gsm8k"),

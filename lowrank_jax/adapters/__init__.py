@@ -10,7 +10,7 @@ from lowrank_jax.adapters.inits import InitFactors, register_init
 from lowrank_jax.adapters.general_layer import AdaptedEinsum, AdaptedLinearGeneral
 from lowrank_jax.adapters.layer import AdaptedLinear
 from lowrank_jax.adapters.merge import merge
-from lowrank_jax.adapters.transform import adapt
+from lowrank_jax.adapters.transform import adapt, check_targets
 from lowrank_jax.adapters.variables import AdapterScale, FrozenFactor, InitialFactor
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "InitialFactor",
     "adapt",
     "as_adapter_config",
+    "check_targets",
     "merge",
     "register_init",
 ]

@@ -64,9 +64,6 @@ def adapt(model: nnx.Module, config: AdapterConfig | Mapping[str, Any],
     model = nnx.clone(model)
     targets = _plan(model, config, gradients)
     method = get_method(config.method)
-    general = [dotted(path) for path, module in targets if not isinstance(module, (nnx.Linear, QuantizedLinear))]
-    if method.weight_decomposed and general:
-        raise ValueError(f"dora adapts nnx.Linear layers only, and the targets match {general}; narrow the targets.")
     root_key = jax.random.key(config.seed)
     for path, linear in targets:
         name = dotted(path)
@@ -105,8 +102,25 @@ def _gradient_of(module, name: str, gradients: Mapping[str, jax.Array]) -> jax.A
     return as_matrix(module, gradient)
 
 
-def _plan(model: nnx.Module, config: AdapterConfig, gradients) -> list[tuple[tuple, nnx.Module]]:
-    """The (path, linear) pairs to adapt, after checking every target; raises before any work is done."""
+def check_targets(model: nnx.Module, config: AdapterConfig | Mapping[str, Any]) -> list[tuple[tuple, nnx.Module]]:
+    """The (path, linear) pairs `adapt` would adapt, after checking that the targets match linear layers only (and
+    at least one), of a type the method adapts, each with min(in, out) >= its rank.
+
+    Reads module types and shapes only, so `model` may be abstract (`nnx.eval_shape`): a run checks its adapter
+    settings against the model's structure before loading any weight.
+
+    Raises:
+        ValueError: naming the pattern or the layers, the layers that exist, and the setting to change.
+
+    Example:
+        >>> from flax import nnx
+        >>> model = nnx.eval_shape(lambda: nnx.Sequential(nnx.Linear(8, 4, rngs=nnx.Rngs(0))))
+        >>> check_targets(model, {"rank": 8, "targets": "layers.0"})
+        Traceback (most recent call last):
+        ...
+        ValueError: cannot adapt: layers.0: rank 8 > min(in, out) = min(8, 4). Lower the rank ...
+    """
+    config = as_adapter_config(config)
     modules = list(iter_module_paths(model))
     linear_paths = [dotted(path) for path, module in modules if isinstance(module, BASES)]
     matched = [(path, module) for path, module in modules if config.targets_match(dotted(path))]
@@ -124,11 +138,9 @@ def _plan(model: nnx.Module, config: AdapterConfig, gradients) -> list[tuple[tup
             f"Linear layers in this model: {linear_paths}."
         )
     method = get_method(config.method)
-    quantized = [dotted(path) for path, module in matched if isinstance(module, QuantizedLinear)]
-    if method.needs_gradient and quantized:
-        raise ValueError(f"{method.name} initialises from the loss gradients of dense kernels, but {quantized[:3]} are "
-                         "quantized; adapt first and quantize after (as adapt_onto_mesh and model.quantize do).")
-    _check_gradients(method, [dotted(path) for path, _ in matched], gradients)
+    general = [dotted(path) for path, module in matched if not isinstance(module, (nnx.Linear, QuantizedLinear))]
+    if method.weight_decomposed and general:
+        raise ValueError(f"dora adapts nnx.Linear layers only, and the targets match {general}; narrow the targets.")
     problems = []
     for path, linear in matched:
         name = dotted(path)
@@ -145,6 +157,19 @@ def _plan(model: nnx.Module, config: AdapterConfig, gradients) -> list[tuple[tup
     if problems:
         raise ValueError("cannot adapt: " + "; ".join(problems) + ". Lower the rank (rank / rank_pattern) or "
                          "exclude these layers from targets.")
+    return matched
+
+
+def _plan(model: nnx.Module, config: AdapterConfig, gradients) -> list[tuple[tuple, nnx.Module]]:
+    """The (path, linear) pairs to adapt, after checking every target and the gradients; raises before any work is
+    done."""
+    matched = check_targets(model, config)
+    method = get_method(config.method)
+    quantized = [dotted(path) for path, module in matched if isinstance(module, QuantizedLinear)]
+    if method.needs_gradient and quantized:
+        raise ValueError(f"{method.name} initialises from the loss gradients of dense kernels, but {quantized[:3]} are "
+                         "quantized; adapt first and quantize after (as adapt_onto_mesh and model.quantize do).")
+    _check_gradients(method, [dotted(path) for path, _ in matched], gradients)
     return matched
 
 

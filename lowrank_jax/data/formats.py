@@ -54,6 +54,24 @@ def check_record_format(record_format: RecordFormat) -> None:
                          "instruction/output)")
 
 
+def expected_columns(record_format: RecordFormat) -> str:
+    """What a record needs under `record_format`, in words, for error messages.
+
+    >>> expected_columns(RecordFormat("query_response", query_field="problem", response_field="solution"))
+    "'problem' and 'solution'"
+    """
+    f = record_format
+    pairs = f"a query/response pair ({', '.join('/'.join(p) for p in QUERY_RESPONSE_PAIRS)})"
+    described = {"messages": f"a {f.messages_field!r} column (chat messages)",
+                 "prompt_completion": f"{f.prompt_field!r} and {f.completion_field!r}",
+                 "query_response": f"{f.query_field!r} and {f.response_field!r}" if f.query_field else pairs,
+                 "text": f"{f.text_field!r}"}
+    if f.kind == "auto":
+        return ", ".join(described[kind] for kind in ("messages", "prompt_completion", "query_response")) + \
+            f" or {described['text']}"
+    return described[f.kind]
+
+
 def _query_response_fields(record_format: RecordFormat, columns: Sequence[str]) -> tuple[str, str] | None:
     if record_format.query_field:
         pair = (record_format.query_field, record_format.response_field)
@@ -88,11 +106,10 @@ def resolve_format(record_format: RecordFormat, columns: Sequence[str], source: 
                 "text": "data.text_field", "query_response": "data.query_field / data.response_field"}
     if f.kind == "auto":
         raise ValueError(
-            f"{source}: cannot tell the data format from its columns {list(columns)}; expected a "
-            f"{f.messages_field!r} column (chat messages), {f.prompt_field!r} and {f.completion_field!r}, a "
-            f"query/response pair ({', '.join('/'.join(p) for p in QUERY_RESPONSE_PAIRS)}) or {f.text_field!r}. "
-            "Name the columns: e.g. --config.data.messages_field=conversations, or --config.data.query_field=problem "
-            "--config.data.response_field=solution, or --config.data.text_field=content")
+            f"{source}: cannot tell the data format from its columns {list(columns)}; expected "
+            f"{expected_columns(f)}. Name the columns: e.g. --config.data.messages_field=conversations, or "
+            "--config.data.query_field=problem --config.data.response_field=solution, or "
+            "--config.data.text_field=content")
     wanted = candidates[f.kind] or QUERY_RESPONSE_PAIRS
     raise ValueError(f"{source}: data.format={f.kind!r} needs the column(s) {list(wanted)} but the data has "
                      f"{list(columns)}; set {settings[f.kind]} to the right column names, or data.format='auto'")
@@ -120,7 +137,12 @@ def _conversation(messages: tuple[dict[str, str], ...], trained_from: int, where
 
 
 def _item(record: Mapping, kind: str, fields: tuple[str, ...], where: str) -> Example | Conversation | Text:
-    values = [record.get(name) for name in fields]
+    missing = [name for name in fields if name not in record]
+    if missing:
+        raise ValueError(f"{where} has no {' / '.join(map(repr, missing))} field (it has {list(record)}); every "
+                         f"record of the {kind!r} format needs {' and '.join(map(repr, fields))} (data.format and "
+                         "data.*_field name them); fix or remove that record")
+    values = [record[name] for name in fields]
     if kind == "messages":
         return _conversation(_messages(values[0], where, fields[0]), 0, where, fields[0])
     if kind == "text":
@@ -141,7 +163,8 @@ def _item(record: Mapping, kind: str, fields: tuple[str, ...], where: str) -> Ex
 
 
 def records_to_examples(records: Sequence[Mapping], columns: Sequence[str], source: str,
-                        record_format: RecordFormat = RecordFormat()) -> list[Example | Conversation | Text]:
+                        record_format: RecordFormat = RecordFormat(), locations: Sequence[str] | None = None
+                        ) -> list[Example | Conversation | Text]:
     """Maps dataset records to Examples, Conversations or Texts, as `record_format` and the columns say.
 
     Args:
@@ -149,6 +172,7 @@ def records_to_examples(records: Sequence[Mapping], columns: Sequence[str], sour
       columns: the dataset's column names.
       source: the dataset's name or path, for error messages.
       record_format: see RecordFormat.
+      locations: where each record is in `source`, for error messages (e.g. 'line 21'); default 'record i'.
 
     Raises:
       ValueError: no records, an unknown format, or a record that does not fit it (naming the record and column).
@@ -162,4 +186,6 @@ def records_to_examples(records: Sequence[Mapping], columns: Sequence[str], sour
     if not len(records):
         raise ValueError(f"{source} holds no records; point data.train / data.test at a non-empty file")
     kind, fields = resolve_format(record_format, columns, source)
-    return [_item(record, kind, fields, f"{source}: record {i}") for i, record in enumerate(records)]
+    places = ([f"{source}, {location}" for location in locations] if locations
+              else [f"{source}: record {i}" for i in range(len(records))])
+    return [_item(record, kind, fields, place) for record, place in zip(records, places)]

@@ -1,24 +1,21 @@
 """The data pipeline of a run, from the config's `data` block: checks, then tokenised and batched splits.
 
-`check_data_config` runs before anything heavy (at most the first line of a local file is read); `build_batches` turns loaded Splits into the
-training iterator and the validation pass.
+`check_data_config` runs before anything heavy (it reads local data files in full: they are small beside a model);
+`build_batches` turns loaded Splits into the training iterator and the validation pass.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
 from lowrank_jax.data.batching import BatchIterator, evaluation_batches
 from lowrank_jax.data.embedded import EMBEDDED_PACKAGE
-from lowrank_jax.data.formats import RecordFormat, check_record_format, resolve_format
-from lowrank_jax.data.gsm8k import GSM8K_HUB_ID, gsm8k_dir
-from lowrank_jax.data.sources import LOCAL_FILES_HINT, SAVED_DATASET_FILES, find_split_file, looks_like_path
+from lowrank_jax.data.formats import RecordFormat, check_record_format
+from lowrank_jax.data.gsm8k import GSM8K_HUB_ID, read_gsm8k
+from lowrank_jax.data.sources import LOCAL_FILES_HINT, looks_like_path, read_local
 from lowrank_jax.data.splits import NAMED_SOURCES, Splits
 from lowrank_jax.data.template import check_template
 from lowrank_jax.data.tokenization import OVERFLOWS, TokenizedExample, pad_id, tokenize_examples
@@ -37,42 +34,23 @@ def _hub_offline() -> bool:
     return bool(datasets.config.HF_HUB_OFFLINE)
 
 
-def _first_jsonl_columns(path: Path) -> list[str] | None:
-    """The keys of the first record of a .jsonl file (None for other files); a cheap look before loading."""
-    if path.suffix != ".jsonl":
-        return None
-    with open(path) as f:
-        line = next((line for line in f if line.strip()), None)
-    if line is None:
-        raise ValueError(f"{path} is empty; point at a file with one JSON record per line")
-    record = json.loads(line)
-    if not isinstance(record, dict):
-        raise ValueError(f"{path}: the first line is {line[:80]!r}, not a JSON object (one record per line)")
-    return list(record)
-
-
-def _check_local_split(key: str, path: str, split: str, record_format: RecordFormat) -> None:
-    """`path` exists; a directory has a file for `split`; a .jsonl file's first record fits the format."""
-    resolved = Path(os.path.expanduser(path))
-    _require(resolved.exists(), f"{key}={path!r} does not exist; {LOCAL_FILES_HINT}")
-    if resolved.is_dir():
-        if any((resolved / name).is_file() for name in SAVED_DATASET_FILES):
-            return
-        try:
-            resolved = find_split_file(resolved, split)
-        except FileNotFoundError as e:
-            raise ValueError(f"config: data.{key}: {e}") from e
-    try:  # JSONDecodeError is a ValueError
-        columns = _first_jsonl_columns(resolved)
-        if columns is not None:
-            resolve_format(record_format, columns, str(resolved))
-    except ValueError as e:
+def _check_local(cfg, key: str, split: str, read: Callable[..., list], *args) -> None:
+    """Reads a local split in full (`read(*args)`), re-raising its error (the file, the line, the fix) under
+    `data.<key>`: data files are small beside a model, so every record is checked before any weight loads. A
+    training split must keep examples to train on beside the `data.val_examples` held out of it."""
+    try:
+        items = read(*args)
+    except (FileNotFoundError, ValueError) as e:
         raise ValueError(f"config: data.{key}: {e}") from e
+    _require(split != "train" or cfg.val_examples < len(items),
+             f"val_examples={cfg.val_examples} are held out of the {len(items)} training examples in "
+             f"data.{key}={cfg[key]!r}, which leaves none to train on; lower data.val_examples or add examples")
 
 
 def check_data_config(cfg, *, needs_test: bool = False) -> None:
-    """Validates the `data` block before any model or data is loaded: names, limits, paths, the first record of
-    local .jsonl files, offline Hub ids, and (with `needs_test`) that there is a test split to evaluate on.
+    """Validates the `data` block before any model is loaded: names, limits, paths, every record of local data
+    files (errors name the file and line), offline Hub ids, and (with `needs_test`) that there is a test split to
+    evaluate on.
 
     Args:
       cfg: the `data` ConfigDict.
@@ -108,17 +86,13 @@ def check_data_config(cfg, *, needs_test: bool = False) -> None:
                  "problems only; to use files, set data.source='local' or 'gsm8k'")
         return
     if cfg.source == "gsm8k":
-        if cfg.train or cfg.test:
-            for key in ("train", "test"):
-                try:
-                    gsm8k_dir(cfg[key] or cfg.train)
-                except FileNotFoundError as e:
-                    raise ValueError(f"config: data.{key}: {e}") from e
-        else:
-            _require(not _hub_offline(),
-                     f"source='gsm8k' reads {GSM8K_HUB_ID} from the Hugging Face Hub, which is switched off "
-                     "(HF_HUB_OFFLINE / HF_DATASETS_OFFLINE); point at a local copy with "
-                     "--config.data.train=/path/gsm8k (a directory with train.jsonl and test.jsonl)")
+        for key in ("train", "test"):
+            if cfg[key] or cfg.train:
+                _check_local(cfg, key, key, read_gsm8k, key, cfg[key] or cfg.train)
+        _require(bool(cfg.train) or not _hub_offline(),
+                 f"source='gsm8k' reads {GSM8K_HUB_ID} from the Hugging Face Hub, which is switched off "
+                 "(HF_HUB_OFFLINE / HF_DATASETS_OFFLINE); point at a local copy with "
+                 "--config.data.train=/path/gsm8k (a directory with train.jsonl and test.jsonl)")
         return
     _require(cfg.source != "local" or bool(cfg.train),
              "train is empty; source='local' needs data.train=/path/to/train.jsonl (or a directory)")
@@ -129,7 +103,7 @@ def check_data_config(cfg, *, needs_test: bool = False) -> None:
     train_key = "train" if cfg.source == "local" else "source"  # where the training data is named
     for key, split in ((train_key, "train"), ("test", "test")):
         if cfg[key] and looks_like_path(cfg[key]):
-            _check_local_split(key, cfg[key], split, record_format)
+            _check_local(cfg, key, split, read_local, cfg[key], split, record_format)
     hub_ids = [cfg[key] for key in (train_key, "test") if cfg[key] and not looks_like_path(cfg[key])]
     _require(not hub_ids or not _hub_offline(),
              f"source/test name Hugging Face Hub datasets {hub_ids}, but the Hub is switched off (HF_HUB_OFFLINE / "

@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 
 from lowrank_jax.data.example import Conversation, Example, Text
-from lowrank_jax.data.formats import RecordFormat, records_to_examples
+from lowrank_jax.data.formats import RecordFormat, expected_columns, records_to_examples
 
-# `datasets` builder per file extension.
-FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+# Data file types: JSON lines or a JSON array (read here, so errors name the line), parquet (through `datasets`).
+FILE_FORMATS = (".jsonl", ".json", ".parquet")
 # Hub datasets that need a config name to load.
 HUB_CONFIG_NAMES = {"openai/gsm8k": "main"}
 # Files `datasets` writes into a save_to_disk directory: a Dataset, or a DatasetDict of splits.
@@ -83,21 +83,55 @@ def read_local(path: str | os.PathLike, split: str = "train", record_format: Rec
     file = find_split_file(resolved, split) if resolved.is_dir() else resolved
     if file.suffix not in FILE_FORMATS:
         raise ValueError(f"{file}: unsupported data file type {file.suffix!r}; use one of {sorted(FILE_FORMATS)}")
-    if file.suffix == ".jsonl":  # JSON lines need no pyarrow: read them directly
-        records = []
-        with open(file) as f:
-            for number, line in enumerate(f, start=1):
-                try:
-                    records += [json.loads(line)] if line.strip() else []
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{file}:{number} is not one JSON object per line ({e})") from e
-        columns = list(records[0]) if records else []
-    else:
-        import datasets  # heavy import (pyarrow, pandas): only for json / parquet files
+    if file.suffix == ".parquet":
+        import datasets  # heavy import (pyarrow, pandas): only for parquet files
 
-        records = datasets.load_dataset(FILE_FORMATS[file.suffix], data_files=str(file), split="train")
-        columns = records.column_names
-    return records_to_examples(records, columns, str(file), record_format)
+        records = datasets.load_dataset("parquet", data_files=str(file), split="train")
+        return records_to_examples(records, records.column_names, str(file), record_format)
+    records, locations = _read_json(file, record_format)
+    columns = list(dict.fromkeys(key for record in records for key in record))
+    return records_to_examples(records, columns, str(file), record_format, locations)
+
+
+def _read_json(file: Path, record_format: RecordFormat) -> tuple[list[dict], list[str]]:
+    """The records of a JSON-lines file (.jsonl, or .json), or of a .json file holding one array of objects, and
+    where each one is ('line 21', 'record 3'); read without `datasets`, so that errors name the true line.
+
+    Raises:
+      ValueError: naming the file, the line (or record) and what each line must hold under `record_format`.
+    """
+    data = file.read_bytes()
+    expected = f"one JSON object per line with {expected_columns(record_format)}"
+    if file.suffix == ".json" and data.lstrip()[:1] == b"[":  # a JSON document: one array of records
+        try:
+            records = json.loads(data)
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+            where = f", line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
+            raise ValueError(f"{file}{where}: not valid JSON ({getattr(e, 'msg', e)}); expected a JSON array of "
+                             f"objects, or {expected}") from e
+        locations = [f"record {i}" for i in range(len(records))]  # numbered as `records_to_examples` does
+    else:
+        records, locations = [], []
+        for number, line in enumerate(data.splitlines(), start=1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except ValueError as e:
+                    problem = f"{e.msg}: column {e.colno}" if isinstance(e, json.JSONDecodeError) else e
+                    raise ValueError(f"{file}, line {number}: not valid JSON ({problem}): {_shorten(line)}; "
+                                     f"expected {expected}; fix or remove that line") from e
+                locations.append(f"line {number}")
+    for record, location in zip(records, locations):
+        if not isinstance(record, dict):
+            raise ValueError(f"{file}, {location} holds {_shorten(json.dumps(record).encode())}, not a JSON object; "
+                             f"expected {expected}")
+    return records, locations
+
+
+def _shorten(line: bytes, limit: int = 80) -> str:
+    """The start of a line of a data file, for error messages."""
+    text = line.decode("utf-8", errors="replace").strip()
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def read_hub(name: str, split: str = "train", config_name: str | None = None,

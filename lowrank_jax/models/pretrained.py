@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lowrank_jax.models.config import RUNTIME_FIELDS, LlamaConfig
-from lowrank_jax.models.gguf_io import GGUFCheckpoint
+from lowrank_jax.models.gguf_io import open_gguf
 from lowrank_jax.models.llama import Llama
 from lowrank_jax.models.param_map import (NNXPath, expected_hf_shapes, hf_tensors_from_nnx, nnx_leaves_from_hf,
                                           rules_for)
@@ -52,18 +52,7 @@ def load_pretrained(path: str | os.PathLike, *, dtype: str | None = None, param_
     Example:
         >>> model, config = load_pretrained("SmolLM2-135M-Instruct.Q4_1.gguf", dtype="bfloat16")  # doctest: +SKIP
     """
-    dtypes = {"dtype": dtype, "param_dtype": param_dtype}
-    runtime = {**runtime_overrides, **{k: jnp.dtype(v).name for k, v in dtypes.items() if v is not None}}
-    unknown = sorted(set(runtime) - set(RUNTIME_FIELDS))
-    if unknown:
-        raise TypeError(f"load_pretrained got unknown keyword arguments {unknown}; runtime overrides are "
-                        f"{RUNTIME_FIELDS}.")
-    checkpoint, hf_config, source = _open_checkpoint(os.fspath(path), gguf_file)
-    try:
-        config = LlamaConfig.from_hf(hf_config)
-    except ValueError as err:
-        raise ValueError(f"{source}: {err}") from err
-    config = config.replace(**runtime)
+    checkpoint, config, source = _open_with_config(path, gguf_file, dtype, param_dtype, runtime_overrides)
     model = nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(model)
     variables = dict(nnx.to_flat_state(state))
@@ -75,6 +64,19 @@ def load_pretrained(path: str | os.PathLike, *, dtype: str | None = None, param_
         variables[leaf_path].set_value(jax.device_put(leaf))
         del leaf
     return nnx.merge(graphdef, state), config
+
+
+def pretrained_config(path: str | os.PathLike, *, dtype: str | None = None, param_dtype: str | None = None,
+                      gguf_file: str | None = None, **runtime_overrides: Any) -> LlamaConfig:
+    """The `LlamaConfig` that `load_pretrained` with the same arguments builds, from config.json or the GGUF
+    metadata: no tensor is read, so `nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))` gives the model's
+    structure in a moment, whatever its size.
+
+    Example:
+        >>> pretrained_config("SmolLM2-135M-Instruct.Q4_1.gguf").num_hidden_layers  # doctest: +SKIP
+        30
+    """
+    return _open_with_config(path, gguf_file, dtype, param_dtype, runtime_overrides)[1]
 
 
 def save_pretrained(model: Llama, directory: str | os.PathLike, config: LlamaConfig | None = None, *,
@@ -141,7 +143,7 @@ def load_tokenizer(path: str | os.PathLike, *, gguf_file: str | None = None):
     if not gguf_file:
         return AutoTokenizer.from_pretrained(path)
     tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
-    special_ids = GGUFCheckpoint(os.path.join(path, gguf_file)).hf_config
+    special_ids = open_gguf(os.path.join(path, gguf_file)).hf_config
     for role in ("bos", "eos", "pad"):
         token_id = special_ids.get(f"{role}_token_id")
         if token_id is not None and getattr(tokenizer, f"{role}_token_id") != token_id:
@@ -149,11 +151,26 @@ def load_tokenizer(path: str | os.PathLike, *, gguf_file: str | None = None):
     return tokenizer
 
 
+def _open_with_config(path: str | os.PathLike, gguf_file: str | None, dtype, param_dtype, runtime_overrides: dict):
+    """(tensor reader, LlamaConfig with the runtime fields set, description for errors) of a checkpoint path."""
+    dtypes = {"dtype": dtype, "param_dtype": param_dtype}
+    runtime = {**runtime_overrides, **{k: jnp.dtype(v).name for k, v in dtypes.items() if v is not None}}
+    unknown = sorted(set(runtime) - set(RUNTIME_FIELDS))
+    if unknown:
+        raise TypeError(f"unknown keyword arguments {unknown}; runtime overrides are {RUNTIME_FIELDS}.")
+    checkpoint, hf_config, source = _open_checkpoint(os.fspath(path), gguf_file)
+    try:
+        config = LlamaConfig.from_hf(hf_config)
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from err
+    return checkpoint, config.replace(**runtime), source
+
+
 def _open_checkpoint(path: str, gguf_file: str | None):
     """(tensor reader, config.json dict, description for errors) of a checkpoint path."""
     if path.endswith(".gguf") or gguf_file is not None:
         gguf_path = os.path.join(path, gguf_file) if gguf_file is not None else path
-        checkpoint = GGUFCheckpoint(gguf_path)
+        checkpoint = open_gguf(gguf_path)
         return checkpoint, checkpoint.hf_config, gguf_path
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: no such checkpoint directory or .gguf file.")

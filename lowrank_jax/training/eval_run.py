@@ -13,6 +13,7 @@ from lowrank_jax.evaluation.tasks import check_eval_config, evaluate
 from lowrank_jax.models import load_pretrained, load_tokenizer
 from lowrank_jax.training.config_check import check_config
 from lowrank_jax.training.model_source import load_model
+from lowrank_jax.training.preflight import check_not_peft, check_run_to_evaluate
 from lowrank_jax.training.restore import trained_model
 
 
@@ -32,6 +33,7 @@ def run_eval(config, *, workdir: str | None = None, model_path: str | None = Non
     """
     workdir = workdir or config.workdir
     if model_path:
+        check_not_peft(model_path)
         check_eval_config(config.eval)
         if config.eval.task != "humaneval":  # HumanEval ships its problems: no data to check
             check_data_config(config.data, needs_test=True)
@@ -39,6 +41,8 @@ def run_eval(config, *, workdir: str | None = None, model_path: str | None = Non
         tokenizer = load_tokenizer(model_path)
     else:
         config.resume = True  # reading an existing run is not starting a new one there
+        if not base:
+            check_run_to_evaluate(workdir)  # before anything loads, and without creating <workdir>/checkpoints
         resolved = check_config(config)
         if base:
             model, _, tokenizer = load_model(config.model, resolved, config.seed)

