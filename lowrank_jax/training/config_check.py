@@ -1,16 +1,13 @@
 """Checks a run config before anything expensive happens, with errors that name the key and the fix.
 
 ml_collections' `lock_config=True` already rejects unknown keys and wrongly-typed overrides; this module checks
-values and combinations: names from the registries, ranges, forbidden pairs, paths that must exist, and a workdir
-that already holds another run.
+values and combinations: names from the registries, ranges, forbidden pairs and paths that must exist. Whether the
+workdir may take the run is workdir.py's question.
 """
 
 from __future__ import annotations
 
-import os
-
 import ml_collections
-import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
 from lowrank_jax.adapters import AdapterConfig
@@ -86,10 +83,4 @@ def check_config(config: ml_collections.ConfigDict) -> str:
     _require(e.batch_size > 0 and e.max_new_tokens > 0, "eval.batch_size and eval.max_new_tokens must be > 0")
     check_eval_config(e)
     check_data_config(d, needs_test=(e.after or e.before_and_after) and e.task != "humaneval")
-    model_path = resolve_model_path(m.path)
-    directory = os.path.join(os.path.abspath(config.workdir), "checkpoints")
-    if not config.resume and os.path.isdir(directory):
-        latest = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True)).latest_step()
-        _require(latest is None, f"workdir {config.workdir!r} already holds checkpoints (latest step {latest}); "
-                 "pass --config.resume=True to continue that run, or choose another --config.workdir")
-    return model_path
+    return resolve_model_path(m.path)

@@ -38,7 +38,6 @@ def run_eval(config, *, workdir: str | None = None, model_path: str | None = Non
         model, _ = load_pretrained(model_path, dtype=config.model.dtype, param_dtype=config.model.param_dtype)
         tokenizer = load_tokenizer(model_path)
     else:
-        config.resume = True  # reading an existing run is not starting a new one there
         resolved = check_config(config)
         if base:
             model, _, tokenizer = load_model(config.model, resolved, config.seed)

@@ -1,0 +1,112 @@
+"""The tiny setup that tests of whole runs share: short GSM8K-format problems written by the test, the `tiny` preset
+on them, and (fixture `trained_run`) one LoRA run trained once per test session, which tests copy and then damage,
+resume or diverge, under a compilation cache so that runs with the same shapes and settings skip XLA."""
+
+import glob
+import hashlib
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from jax.experimental.compilation_cache import compilation_cache
+from tensorboardX.proto import event_pb2
+
+from configs import lora_llama
+from lowrank_jax.training import loop
+
+# The trained run every copy starts from: checkpoints at steps 2 and 4, on one device (the fastest compile), at a
+# constant lr, so that its compiled step serves runs of any length.
+TRAINED = {"train.steps": 4, "train.checkpoint_every": 2, "mesh.devices": 1, "optimizer.schedule": "constant",
+           "optimizer.warmup_ratio": 0.0}
+
+
+def write_problems(directory):
+    """train.jsonl (48) and test.jsonl (4) of 'Tom has a apples and buys b more' problems, answers as `#### n`."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 48), ("test", 4)):
+        with open(directory / f"{split}.jsonl", "w") as f:
+            for a, b in rng.integers(1, 50, size=(count, 2)):
+                f.write(json.dumps({"question": f"Tom has {a} apples and buys {b} more. How many now?",
+                                    "answer": f"{a} + {b} = {a + b}.\n#### {a + b}"}) + "\n")
+
+
+def tiny(module, data_dir, workdir, **overrides):
+    """The module's `tiny` preset on the test data; overrides are dotted keys, e.g. {'train.steps': 2}."""
+    config = module.get_config("tiny")
+    config.data.train = str(data_dir / "train.jsonl")
+    config.data.test = str(data_dir / "test.jsonl")
+    config.workdir = str(workdir)
+    config.eval.after = False
+    config.train.export_peft = False
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    return config
+
+
+def logged_rows(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def logged_losses(workdir):
+    return [r["train/loss"] for r in logged_rows(workdir) if "train/loss" in r]
+
+
+def files_of(directory):
+    """{relative path: sha256} of every file under `directory`."""
+    return {os.path.relpath(path, directory): hashlib.sha256(open(path, "rb").read()).hexdigest()
+            for path in glob.glob(str(directory / "**"), recursive=True) if os.path.isfile(path)}
+
+
+def purge_step(workdir):
+    """The step of the SessionLog START that begins the newest TensorBoard event file of `workdir` (TensorBoard
+    drops older files' events from that step on). Records: length (8 bytes), its crc (4), the event, its crc (4)."""
+    data = open(max(glob.glob(str(workdir / "tensorboard" / "*")), key=os.path.getmtime), "rb").read()
+    while data:
+        length = int.from_bytes(data[:8], "little")
+        event = event_pb2.Event.FromString(data[12:12 + length])
+        if event.HasField("session_log"):
+            return event.step
+        data = data[12 + length + 4:]
+    return None
+
+
+class TrainedRun:
+    """The data directory and a finished run (`tiny(lora_llama, ...)` with TRAINED); `copy` gives a test its own."""
+
+    def __init__(self, data_dir, workdir):
+        self.data_dir, self.workdir = data_dir, workdir
+
+    def config(self, workdir, **overrides):
+        return tiny(lora_llama, self.data_dir, workdir, **{**TRAINED, **overrides})
+
+    def copy(self, workdir):
+        shutil.copytree(self.workdir, workdir)
+        return workdir
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A TrainedRun, trained at the first use in a test session; the module's runs share a compilation cache."""
+    base = tmp_path_factory.getbasetemp()
+    previous = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
+    compilation_cache.set_cache_dir(str(base / "compilation_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    compilation_cache.reset_cache()  # takes the directory even if this process compiled before
+    run = TrainedRun(base / "run_data", base / "trained_run")
+    if not run.data_dir.exists():
+        run.data_dir.mkdir()
+        write_problems(run.data_dir)
+    if not (run.workdir / "report.json").exists():
+        loop.run(run.config(run.workdir))
+    yield run
+    jax.config.update("jax_compilation_cache_dir", previous[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", previous[1])
+    compilation_cache.reset_cache()
