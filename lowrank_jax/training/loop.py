@@ -97,6 +97,7 @@ def run(config) -> RunResult:
     check_mesh(config, mesh, jax.process_count())
     adapter = adapter_config_from(config)
     is_main = jax.process_index() == 0
+    ckpt = Checkpointer(config.workdir, keep=config.train.keep_checkpoints)  # creates the workdir, or fails early
 
     # data
     model, model_config, tokenizer = load_model(config.model, model_path, config.seed)
@@ -133,7 +134,6 @@ def run(config) -> RunResult:
     batch_layout = batch_sharding(mesh)
 
     # checkpoint (a resumed run starts from the newest intact one), then the run's files
-    ckpt = Checkpointer(config.workdir, keep=config.train.keep_checkpoints)
     start, start_loss = 0, None
     if continuing and ckpt.steps():
         items, meta = ckpt.resume({"trainable": trainable, "opt_state": opt_state, "rngs": rngs},

@@ -16,7 +16,8 @@ import ml_collections
 from lowrank_jax.training.checkpoint import saved_steps
 
 # What a run writes into its workdir besides checkpoints; any of them means the workdir holds a run.
-RUN_FILES = ("config.json", "metrics.jsonl", "tensorboard", "unused_checkpoints", "report.json", "peft", "merged")
+RUN_FILES = ("config.json", "metrics.jsonl", "tensorboard", "unused_checkpoints", "predictions_before.jsonl", "peft",
+             "merged", "predictions_after.jsonl", "report.json")
 
 # How this process continues a run rather than what the run is: never compared.
 CONTINUATION = ("resume", "train.resume_step", "train.resume_or_start", "workdir")
