@@ -15,7 +15,9 @@ from jax.experimental.compilation_cache import compilation_cache
 from tensorboardX.proto import event_pb2
 
 from configs import lora_llama
+from lowrank_jax.models import save_pretrained
 from lowrank_jax.training import loop
+from lowrank_jax.training.model_source import load_model
 
 # The trained run every copy starts from: checkpoints at steps 2 and 4, on one device (the fastest compile), at a
 # constant lr, so that its compiled step serves runs of any length.
@@ -91,13 +93,27 @@ class TrainedRun:
         shutil.copytree(self.workdir, workdir)
         return workdir
 
+    def base_model_dir(self):
+        """The tiny preset's random base model and tokenizer as an HF directory (`--config.model.path=DIR`): the
+        same model and step, for a subprocess that should not parse the embedded GGUF's tokenizer again."""
+        directory = self.workdir.parent / "base_model"
+        if not directory.exists():
+            model, _, tokenizer = load_model(self.config(self.workdir).model, "random", seed=0)
+            save_pretrained(model, str(directory))
+            tokenizer.save_pretrained(str(directory))
+        return directory
+
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    """A TrainedRun, trained at the first use in a test session; the module's runs share a compilation cache."""
+def trained_run(request, tmp_path_factory):
+    """A TrainedRun, trained at the first use in a test session. The module's runs share a compilation cache, kept
+    in pytest's cache directory (.pytest_cache; `pytest --cache-clear` empties it) so that later sessions compile
+    nothing the code has not changed."""
     base = tmp_path_factory.getbasetemp()
+    pytest_cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
+    directory = pytest_cache.mkdir("jax_compilation_cache") if pytest_cache else base / "jax_compilation_cache"
     previous = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
-    compilation_cache.set_cache_dir(str(base / "compilation_cache"))
+    compilation_cache.set_cache_dir(str(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     compilation_cache.reset_cache()  # takes the directory even if this process compiled before
     run = TrainedRun(base / "run_data", base / "trained_run")

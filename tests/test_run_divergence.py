@@ -50,7 +50,7 @@ def test_divergent_lr_stops_exporting_nothing_and_resuming_as_advised_trains_on(
         loop.run(trained_run.config(workdir, **diverging))
     message = str(error.value)
     assert message.startswith("training diverged at step 4: the gradient is exactly zero (loss 10.80"), message
-    assert f"the checkpoints it made unusable are in {workdir}/unused_checkpoints" in message
+    assert f"Stopped; nothing exported; checkpoints 2, 3 moved to {workdir}/unused_checkpoints. " in message
     assert f"The last good checkpoint is step 1 ({workdir}/checkpoints/1); continue from it with a lower learning " \
            "rate: --config.resume=True --config.optimizer.learning_rate=100000 --config.optimizer.grad_clip=1.0" \
         in message

@@ -156,12 +156,13 @@ def run(config) -> RunResult:
         not sane), then raises naming the last good checkpoint and the resume command that lowers the lr."""
         ckpt.wait()
         log.close()
-        for step in ckpt.steps():
-            if step >= divergence.step - 1:
-                ckpt.set_aside(step, f"diverged: its parameters gave step {divergence.step}'s {divergence.reason}")
+        moved = [step for step in ckpt.steps() if step >= divergence.step - 1]
+        for step in moved:
+            ckpt.set_aside(step, f"diverged: its parameters gave step {divergence.step}'s {divergence.reason}")
         _, meta, rejected = ckpt.restore_newest_intact({"trainable": trainable})
         for step, _, problem in rejected:
             ckpt.set_aside(step, f"unusable: {problem}")
+        moved = sorted(moved + [step for step, _, _ in rejected])
         lower = {"optimizer.learning_rate": f"{config.optimizer.learning_rate / 10:g}"}
         if not config.optimizer.grad_clip:
             lower["optimizer.grad_clip"] = 1.0
@@ -172,8 +173,9 @@ def run(config) -> RunResult:
             advice = (f"The last good checkpoint is step {meta['step']} ({ckpt.step_dir(meta['step'])}); continue "
                       f"from it with a lower learning rate: {run_command({'resume': True, **lower})}")
         unused = os.path.join(ckpt.workdir, "unused_checkpoints")
+        aside = f"; checkpoints {', '.join(map(str, moved))} moved to {unused}" if moved else ""
         raise Diverged(f"training diverged at step {divergence.step}: {divergence.reason}. Stopped; nothing "
-                       f"exported; the checkpoints it made unusable are in {unused}. {advice}")
+                       f"exported{aside}. {advice}")
 
     def record(step, metrics):
         """Host side of a finished step: stop on divergence, else log."""
