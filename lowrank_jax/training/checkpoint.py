@@ -151,7 +151,7 @@ class Checkpointer:
 
         Raises:
           CheckpointError: naming each damaged step, its directory, what is wrong and the fix, when `step` (for 0:
-            every checkpoint) is missing or damaged.
+            every checkpoint) is damaged.
         """
         steps = self.steps()
         items, meta, rejected = self.restore_newest_intact(templates, [step] if step else steps)
