@@ -1,6 +1,7 @@
 """The tiny setup that tests of whole runs share: short GSM8K-format problems written by the test, the `tiny` preset
 on them, and (fixture `trained_run`) one LoRA run trained once per test session, which tests copy and then damage,
-resume or diverge, under a compilation cache so that runs with the same shapes and settings skip XLA."""
+resume or diverge, under a compilation cache so that runs with the same shapes and settings skip XLA. Its base is
+the tiny preset's random model saved as an HF directory, which a subprocess loads as fast as the test process."""
 
 import glob
 import hashlib
@@ -11,13 +12,14 @@ import shutil
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 from jax.experimental.compilation_cache import compilation_cache
 from tensorboardX.proto import event_pb2
 
 from configs import lora_llama
-from lowrank_jax.models import save_pretrained
+from lowrank_jax.models import Llama, LlamaConfig, save_pretrained
 from lowrank_jax.training import loop
-from lowrank_jax.training.model_source import load_model
+from lowrank_jax.training.model_source import embedded_tokenizer
 
 # The trained run every copy starts from: checkpoints at steps 2 and 4, on one device (the fastest compile), at a
 # constant lr, so that its compiled step serves runs of any length.
@@ -80,46 +82,54 @@ def purge_step(workdir):
     return None
 
 
-class TrainedRun:
-    """The data directory and a finished run (`tiny(lora_llama, ...)` with TRAINED); `copy` gives a test its own."""
+def saved_base_model(directory, tokenizer_dir):
+    """The tiny preset's random Llama (seed 0) and the embedded SmolLM2 tokenizer as an HF directory, the same model
+    that model.path='random' builds. `tokenizer_dir` keeps the tokenizer across test sessions: parsing it out of the
+    embedded GGUF takes seconds (staged and renamed, so an interrupted session leaves none half written)."""
+    if not tokenizer_dir.exists():
+        embedded_tokenizer().save_pretrained(str(tokenizer_dir) + ".staging")
+        os.replace(str(tokenizer_dir) + ".staging", tokenizer_dir)
+    config = lora_llama.get_config("tiny").model
+    runtime = dict(dtype=config.dtype, param_dtype=config.param_dtype, scan_layers=config.scan_layers,
+                   remat=config.remat)
+    save_pretrained(Llama(LlamaConfig(**config.random.to_dict(), **runtime), rngs=nnx.Rngs(0)), str(directory))
+    shutil.copytree(tokenizer_dir, directory, dirs_exist_ok=True)
+    return directory
 
-    def __init__(self, data_dir, workdir):
-        self.data_dir, self.workdir = data_dir, workdir
+
+class TrainedRun:
+    """The data, the base model directory and a finished run (`tiny(lora_llama, ...)` with TRAINED on that model);
+    `copy` gives a test its own copy of the run."""
+
+    def __init__(self, data_dir, base_model, workdir):
+        self.data_dir, self.base_model, self.workdir = data_dir, base_model, workdir
 
     def config(self, workdir, **overrides):
-        return tiny(lora_llama, self.data_dir, workdir, **{**TRAINED, **overrides})
+        return tiny(lora_llama, self.data_dir, workdir, **{**TRAINED, "model.path": str(self.base_model), **overrides})
 
     def copy(self, workdir):
         shutil.copytree(self.workdir, workdir)
         return workdir
 
-    def base_model_dir(self):
-        """The tiny preset's random base model and tokenizer as an HF directory (`--config.model.path=DIR`): the
-        same model and step, for a subprocess that should not parse the embedded GGUF's tokenizer again."""
-        directory = self.workdir.parent / "base_model"
-        if not directory.exists():
-            model, _, tokenizer = load_model(self.config(self.workdir).model, "random", seed=0)
-            save_pretrained(model, str(directory))
-            tokenizer.save_pretrained(str(directory))
-        return directory
-
 
 @pytest.fixture(scope="module")
 def trained_run(request, tmp_path_factory):
-    """A TrainedRun, trained at the first use in a test session. The module's runs share a compilation cache, kept
-    in pytest's cache directory (.pytest_cache; `pytest --cache-clear` empties it) so that later sessions compile
-    nothing the code has not changed."""
+    """A TrainedRun, trained at the first use in a test session. The module's runs share a compilation cache; it and
+    the tokenizer are kept in pytest's cache directory (.pytest_cache; `pytest --cache-clear` empties it), so that
+    later sessions compile nothing the code has not changed."""
     base = tmp_path_factory.getbasetemp()
     pytest_cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
-    directory = pytest_cache.mkdir("jax_compilation_cache") if pytest_cache else base / "jax_compilation_cache"
+    kept = pytest_cache.mkdir("lowrank_jax_run_tests") if pytest_cache else base
     previous = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
-    compilation_cache.set_cache_dir(str(directory))
+    compilation_cache.set_cache_dir(str(kept / "jax_compilation_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     compilation_cache.reset_cache()  # takes the directory even if this process compiled before
-    run = TrainedRun(base / "run_data", base / "trained_run")
+    run = TrainedRun(base / "run_data", base / "base_model", base / "trained_run")
     if not run.data_dir.exists():
         run.data_dir.mkdir()
         write_problems(run.data_dir)
+    if not run.base_model.exists():
+        saved_base_model(run.base_model, kept / "embedded_tokenizer")
     if not (run.workdir / "report.json").exists():
         loop.run(run.config(run.workdir))
     yield run

@@ -76,7 +76,7 @@ def test_resume_with_nothing_to_resume_fails_unless_told_to_start(trained_run, t
 def test_sigterm_saves_a_checkpoint_at_the_next_step_and_prints_the_resume_command(trained_run, tmp_path):
     workdir = tmp_path / "run"
     settings = {**TRAINED, "train.steps": 100_000, "eval.after": False, "train.export_peft": False,
-                "model.path": trained_run.base_model_dir(), "data.train": trained_run.data_dir / "train.jsonl",
+                "model.path": trained_run.base_model, "data.train": trained_run.data_dir / "train.jsonl",
                 "data.test": trained_run.data_dir / "test.jsonl", "workdir": workdir}
     command = ["train.py", "--config=configs/lora_llama.py:tiny", *(f"--config.{k}={v}" for k, v in settings.items())]
     env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
