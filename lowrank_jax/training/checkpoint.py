@@ -44,11 +44,11 @@ def _sync_processes(name: str) -> None:
 
 
 def saved_steps(workdir: str) -> list[int]:
-    """The committed checkpoint steps under `<workdir>/checkpoints`, oldest first (orbax names them by step; its
-    unfinished saves carry a temporary suffix)."""
+    """The committed checkpoint steps under `<workdir>/checkpoints`, oldest first, read without creating anything."""
     directory = os.path.join(workdir, "checkpoints")
-    names = os.listdir(directory) if os.path.isdir(directory) else []
-    return sorted(int(name) for name in names if name.isdigit())
+    if not os.path.isdir(directory):
+        return []
+    return sorted(ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True)).all_steps())
 
 
 class CheckpointError(RuntimeError):
