@@ -37,7 +37,7 @@ def get_config(preset, *, method, settings, optimizer="adamw", trainable="adapte
     c.preset = preset
     c.seed = 0
     c.workdir = f"runs/{method if trainable == 'adapters' else 'full'}_{preset}"
-    c.resume = False
+    c.resume = False              # continue the run in workdir (from its newest intact checkpoint)
 
     c.model = ml_collections.ConfigDict(dict(
         path="embedded",          # 'embedded' | HF dir | .gguf file | hub id | 'random'
@@ -114,6 +114,8 @@ def get_config(preset, *, method, settings, optimizer="adamw", trainable="adapte
         eval_every=0,             # validation loss every N steps (0 = at the end only)
         checkpoint_every=200,
         keep_checkpoints=3,
+        resume_step=0,            # with resume=True: the checkpoint step to continue from (0 = the newest intact one)
+        resume_or_start=False,    # resume the run in workdir if there is one, else start it (relaunched jobs)
         export_peft=True,
         export_merged=False,
     ))

@@ -4,13 +4,11 @@ one-device run, every config's method/optimizer trains, and bad configs fail bef
 import json
 import math
 import os
-import re
 import subprocess
 import sys
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 import safetensors.numpy
 
@@ -27,42 +25,15 @@ from lowrank_jax.training.optimizer import build_optimizer
 from lowrank_jax.training import loop
 from lowrank_jax.training.placement import adapt_onto_mesh, init_optimizer, jit_train_step
 from lowrank_jax.training.restore import trained_model
+from run_setup import logged_losses, tiny, write_problems
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     """Short GSM8K-format problems (question / answer with `#### n`), written by the test."""
     directory = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 48), ("test", 4)):
-        with open(directory / f"{split}.jsonl", "w") as f:
-            for a, b in rng.integers(1, 50, size=(count, 2)):
-                f.write(json.dumps({"question": f"Tom has {a} apples and buys {b} more. How many now?",
-                                    "answer": f"{a} + {b} = {a + b}.\n#### {a + b}"}) + "\n")
+    write_problems(directory)
     return directory
-
-
-def tiny(module, data_dir, workdir, **overrides):
-    """The module's `tiny` preset on the test data; overrides are dotted keys, e.g. {'train.steps': 2}."""
-    config = module.get_config("tiny")
-    config.data.train = str(data_dir / "train.jsonl")
-    config.data.test = str(data_dir / "test.jsonl")
-    config.workdir = str(workdir)
-    config.eval.after = False
-    config.train.export_peft = False
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        node = config
-        for name in parents:
-            node = node[name]
-        node[leaf] = value
-    return config
-
-
-def logged_losses(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        rows = [json.loads(line) for line in f]
-    return [r["train/loss"] for r in rows if "train/loss" in r]
 
 
 def assert_trees_close(a, b, tol):
@@ -261,24 +232,6 @@ def test_entry_points_raise_the_gpu_memory_fraction_before_jax_touches_a_device(
         out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO,
                              capture_output=True, text=True, check=True).stdout.split()
         assert out == [user_value or "0.95", "False"], module
-
-
-def test_existing_run_is_not_overwritten_without_resume(data_dir, tmp_path):
-    loop.run(tiny(lora_llama, data_dir, tmp_path, **{"train.steps": 1}))
-    with pytest.raises(ValueError, match="resume"):
-        check_config(tiny(lora_llama, data_dir, tmp_path, **{"train.steps": 1}))
-
-
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
-    config = tiny(lora_llama, data_dir, tmp_path, **{
-        "train.steps": 6, "train.checkpoint_every": 1, "optimizer.learning_rate": 1e30, "optimizer.grad_clip": 0.0,
-        "optimizer.warmup_ratio": 0.0, "optimizer.schedule": "constant"})
-    with pytest.raises(FloatingPointError, match=r"at step (\d)") as error:
-        loop.run(config)
-    bad_step = int(re.search(r"at step (\d)", str(error.value)).group(1))
-    assert Checkpointer(str(tmp_path)).latest_step() == bad_step - 1
-    saved = ocp.StandardCheckpointer().restore(tmp_path / "checkpoints" / str(bad_step - 1) / "trainable")
-    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(saved))
 
 
 def test_two_processes_with_jax_distributed_agree_with_one_process(data_dir, tmp_path):

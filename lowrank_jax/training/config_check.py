@@ -2,8 +2,8 @@
 
 ml_collections' `lock_config=True` already rejects unknown keys and wrongly-typed overrides; this module checks
 values and combinations: names from the registries, ranges, forbidden pairs, paths that must exist, every record of
-local data files, the adapter targets and rank against the model's structure (preflight.py), and a workdir that
-already holds another run.
+local data files, and the adapter targets and rank against the model's structure (preflight.py). Whether the workdir
+may take the run is workdir.py's question.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from lowrank_jax.models.attention_choice import check_attention_impl
 from lowrank_jax.models.config import DTYPES as MODEL_DTYPES
 from lowrank_jax.training.model_source import resolve_model_path
 from lowrank_jax.training.optimizer import LORAPRO_OPTIMIZERS, OPTIMIZERS, SCHEDULES
-from lowrank_jax.training.preflight import check_adapter_targets, latest_checkpoint_step
+from lowrank_jax.training.preflight import check_adapter_targets
 
 MOMENT_DTYPES = ("float32", "bfloat16", "float16")
 
@@ -87,8 +87,4 @@ def check_config(config: ml_collections.ConfigDict) -> str:
     check_data_config(d, needs_test=(e.after or e.before_and_after) and e.task != "humaneval")
     model_path = resolve_model_path(m.path)
     check_adapter_targets(adapter_config_from(config), m, model_path)
-    if not config.resume:
-        latest = latest_checkpoint_step(config.workdir)
-        _require(latest is None, f"workdir {config.workdir!r} already holds checkpoints (latest step {latest}); "
-                 "pass --config.resume=True to continue that run, or choose another --config.workdir")
     return model_path

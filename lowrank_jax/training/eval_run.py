@@ -40,7 +40,6 @@ def run_eval(config, *, workdir: str | None = None, model_path: str | None = Non
         model, _ = load_pretrained(model_path, dtype=config.model.dtype, param_dtype=config.model.param_dtype)
         tokenizer = load_tokenizer(model_path)
     else:
-        config.resume = True  # reading an existing run is not starting a new one there
         if not base:
             check_run_to_evaluate(workdir)  # before anything loads, and without creating <workdir>/checkpoints
         resolved = check_config(config)

@@ -2,7 +2,9 @@
 
 Data flows config -> data -> model -> adapters -> optimizer -> step -> checkpoint -> eval, in that order in `run`.
 What a run produces is written before anything that can still fail: the PEFT adapter and merged model are exported
-as soon as training ends, before evaluation; report.json last.
+as soon as training ends, before evaluation; report.json last. The workdir is checked (workdir.py) before anything
+is loaded, config.json is written once the run has its starting step, a diverging run stops without exporting
+(divergence.py), and SIGINT / SIGTERM save a checkpoint at the next step boundary (stop_signals.py).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -29,11 +32,14 @@ from lowrank_jax.models import save_pretrained
 from lowrank_jax.sharding import batch_sharding, make_mesh
 from lowrank_jax.training.checkpoint import Checkpointer
 from lowrank_jax.training.config_check import adapter_config_from, check_config, check_mesh
+from lowrank_jax.training.divergence import Diverged, Divergence, DivergenceWatch
 from lowrank_jax.training.loraga_gradients import loraga_gradients
 from lowrank_jax.training.metrics_log import MetricsLog
 from lowrank_jax.training.model_source import hf_name, load_model
 from lowrank_jax.training.optimizer import build_optimizer, build_schedule
 from lowrank_jax.training.placement import adapt_onto_mesh, init_optimizer, jit_train_step
+from lowrank_jax.training.stop_signals import StopSignals
+from lowrank_jax.training.workdir import check_workdir, run_command
 
 
 def maybe_initialize_distributed(cfg) -> None:
@@ -84,17 +90,14 @@ def score_line(scores: dict) -> str:
 def run(config) -> RunResult:
     """Runs the whole job the config describes (the same code path as the command line)."""
     model_path = check_config(config)           # every value checked before anything heavy happens
+    continuing = check_workdir(config)          # and the workdir: a refused run changes nothing there
     maybe_initialize_distributed(config.distributed)
     devices = jax.devices()[:config.mesh.devices] if config.mesh.devices else None
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices=devices)
     check_mesh(config, mesh, jax.process_count())
     adapter = adapter_config_from(config)
     is_main = jax.process_index() == 0
-    log = MetricsLog(config.workdir)
-    if is_main:
-        os.makedirs(config.workdir, exist_ok=True)
-        with open(os.path.join(config.workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+    ckpt = Checkpointer(config.workdir, keep=config.train.keep_checkpoints)  # creates the workdir, or fails early
 
     # data
     model, model_config, tokenizer = load_model(config.model, model_path, config.seed)
@@ -130,29 +133,57 @@ def run(config) -> RunResult:
     schedule = build_schedule(config.optimizer, total_steps)
     batch_layout = batch_sharding(mesh)
 
-    # checkpoint
-    ckpt = Checkpointer(config.workdir, keep=config.train.keep_checkpoints)
-    start = 0
-    if config.resume and ckpt.latest_step() is not None:
-        items, meta = ckpt.restore({"trainable": trainable, "opt_state": opt_state, "rngs": rngs})
+    # checkpoint (a resumed run starts from the newest intact one), then the run's files
+    start, start_loss = 0, None
+    if continuing and ckpt.steps():
+        items, meta = ckpt.resume({"trainable": trainable, "opt_state": opt_state, "rngs": rngs},
+                                  config.train.resume_step)
         trainable, opt_state, rngs = items["trainable"], items["opt_state"], items["rngs"]
         batches.train.restore(meta["data"])
-        start = meta["step"]
-        print(f"resumed from step {start} in {ckpt.directory}")
+        start, start_loss = meta["step"], meta.get("start_loss")
+    if is_main:
+        with open(os.path.join(config.workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+    log = MetricsLog(config.workdir, start)  # drops rows after `start`: the run replays those steps
 
     stop = min(total_steps, config.train.stop_after or total_steps)
     bar = tqdm(total=total_steps, initial=start, disable=not is_main, desc=report["method"])
     tokens, t0 = 0.0, time.perf_counter()
+    watch = DivergenceWatch(model_config.vocab_size, start_loss)
+
+    def stop_diverged(divergence: Divergence):
+        """Sets aside the checkpoints whose parameters gave the divergence (and later ones, and any whose values are
+        not sane), then raises naming the last good checkpoint and the resume command that lowers the lr."""
+        ckpt.wait()
+        log.close()
+        moved = [step for step in ckpt.steps() if step >= divergence.step - 1]
+        for step in moved:
+            ckpt.set_aside(step, f"diverged: its parameters gave step {divergence.step}'s {divergence.reason}")
+        _, meta, rejected = ckpt.restore_newest_intact({"trainable": trainable})
+        for step, _, problem in rejected:
+            ckpt.set_aside(step, f"unusable: {problem}")
+        moved = sorted(moved + [step for step, _, _ in rejected])
+        lower = {"optimizer.learning_rate": f"{config.optimizer.learning_rate / 10:g}"}
+        if not config.optimizer.grad_clip:
+            lower["optimizer.grad_clip"] = 1.0
+        if meta is None:
+            advice = (f"No checkpoint of this run is good: start a new run (another --config.workdir) with a lower "
+                      f"learning rate, e.g. {run_command(lower)}")
+        else:
+            advice = (f"The last good checkpoint is step {meta['step']} ({ckpt.step_dir(meta['step'])}); continue "
+                      f"from it with a lower learning rate: {run_command({'resume': True, **lower})}")
+        unused = os.path.join(ckpt.workdir, "unused_checkpoints")
+        aside = f"; checkpoints {', '.join(map(str, moved))} moved to {unused}" if moved else ""
+        raise Diverged(f"training diverged at step {divergence.step}: {divergence.reason}. Stopped; nothing "
+                       f"exported{aside}. {advice}")
 
     def record(step, metrics):
-        """Host side of a finished step: stop on a non-finite loss, else log."""
+        """Host side of a finished step: stop on divergence, else log."""
         nonlocal tokens
         loss = float(metrics["loss"])
-        if not math.isfinite(loss):
-            ckpt.wait()
-            raise FloatingPointError(
-                f"loss is {loss} at step {step}; stopped. The last good checkpoint (step {ckpt.latest_step()}) is "
-                f"intact in {ckpt.directory}: lower optimizer.learning_rate or set optimizer.grad_clip and resume.")
+        divergence = watch.check(step, loss, float(metrics["grad_norm"]), float(metrics["tokens"]))
+        if divergence is not None:
+            stop_diverged(divergence)
         tokens += float(metrics["tokens"])
         if step % config.train.log_every == 0 or step == stop:
             rate = tokens / (time.perf_counter() - t0)
@@ -162,22 +193,31 @@ def run(config) -> RunResult:
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{scalars['train/lr']:.2e}", tok_s=f"{rate:.0f}")
 
     pending = None
-    for step in range(start, stop):
-        local = next(batches.train)
-        batch = global_batch(local, batch_layout, config.data.grad_accum)
-        trainable, opt_state, rngs, metrics = step_fn(trainable, opt_state, rngs, frozen, batch)
-        if pending is not None:          # read the previous step's loss while this one runs
-            record(*pending)
-        pending = (step + 1, metrics)
-        bar.update(1)
-        if (step + 1) % config.train.checkpoint_every == 0 or step + 1 == stop:
-            record(*pending)             # never checkpoint a state whose loss was not finite
-            pending = None
-            ckpt.save(step + 1, {"trainable": trainable, "opt_state": opt_state, "rngs": rngs},
-                      {"data": batches.train.state()})
-        if config.train.eval_every and (step + 1) % config.train.eval_every == 0 and step + 1 < total_steps:
-            val_loss = validation_loss(nnx.merge(graphdef, trainable, rngs, frozen))
-            log.write(step + 1, {"val/loss": val_loss})   # the last step's is measured below, with the report
+    with StopSignals() as signals:
+        for step in range(start, stop):
+            local = next(batches.train)
+            batch = global_batch(local, batch_layout, config.data.grad_accum)
+            trainable, opt_state, rngs, metrics = step_fn(trainable, opt_state, rngs, frozen, batch)
+            if pending is not None:          # read the previous step's loss while this one runs
+                record(*pending)
+            pending = (step + 1, metrics)
+            bar.update(1)
+            if (step + 1) % config.train.checkpoint_every == 0 or step + 1 == stop or signals.received:
+                record(*pending)             # never checkpoint a state whose loss has diverged
+                pending = None
+                ckpt.save(step + 1, {"trainable": trainable, "opt_state": opt_state, "rngs": rngs},
+                          {"data": batches.train.state(), "start_loss": watch.start_loss})
+            if signals.received:
+                ckpt.wait()
+                log.close()
+                bar.close()
+                name = signal.Signals(signals.received).name
+                print(f"stopped by {name} after step {step + 1}: checkpoint {step + 1} saved in {ckpt.directory}. "
+                      f"Continue with: {run_command({'resume': True})}", flush=True)
+                raise SystemExit(128 + signals.received)
+            if config.train.eval_every and (step + 1) % config.train.eval_every == 0 and step + 1 < total_steps:
+                val_loss = validation_loss(nnx.merge(graphdef, trainable, rngs, frozen))
+                log.write(step + 1, {"val/loss": val_loss})   # the last step's is measured below, with the report
     bar.close()
     ckpt.wait()
     if stop < total_steps:

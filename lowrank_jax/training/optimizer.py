@@ -1,8 +1,9 @@
 """Optimizers and learning-rate schedules by registry name, as the configs select them.
 
 `build_optimizer(config.optimizer, total_steps, frozen)` returns one optax transform over the trainable tree:
-global-norm clipping, then the named optimizer (`adamw`, `sgd`, `lorapro` = lorapro() chained with adamw,
-`lorapro_adamw` = the paper's Algorithm 2) driven by a warmup + cosine / linear / constant schedule.
+global-norm clipping (or a no-op: the state keeps one structure either way), then the named optimizer (`adamw`,
+`sgd`, `lorapro` = lorapro() chained with adamw, `lorapro_adamw` = the paper's Algorithm 2) driven by a warmup +
+cosine / linear / constant schedule.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def build_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Sc
 
 def build_optimizer(cfg: ml_collections.ConfigDict, total_steps: int,
                     frozen_factors=None) -> optax.GradientTransformation:
-    """The optimizer named by `cfg.name`, with clipping in front.
+    """The optimizer named by `cfg.name`, with clipping (`cfg.grad_clip` > 0) or a no-op in front.
 
     Args:
       cfg: the config's `optimizer` block.
@@ -56,6 +57,6 @@ def build_optimizer(cfg: ml_collections.ConfigDict, total_steps: int,
     else:
         raise ValueError(f"optimizer.name={cfg.name!r} is unknown; choose one of {OPTIMIZERS}")
     core = with_loraplus(core, cfg.loraplus_ratio)
-    if cfg.grad_clip and cfg.grad_clip > 0:
-        return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), core)
-    return core
+    # identity() holds the same (empty) state as clipping, so a resumed run may turn clipping on or off.
+    clip = optax.clip_by_global_norm(cfg.grad_clip) if cfg.grad_clip and cfg.grad_clip > 0 else optax.identity()
+    return optax.chain(clip, core)

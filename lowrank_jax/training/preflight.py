@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 
 import ml_collections
-import orbax.checkpoint as ocp
 
 from lowrank_jax.adapters import AdapterConfig, check_targets
+from lowrank_jax.training.checkpoint import saved_steps
 from lowrank_jax.training.model_source import abstract_model
 
 PEFT_CONFIG_FILE = "adapter_config.json"  # what marks a PEFT adapter directory (the run's `<workdir>/peft`)
@@ -32,15 +32,6 @@ def check_adapter_targets(adapter: AdapterConfig | None, model_cfg: ml_collectio
         raise ValueError(f"config: adapter.targets={adapter.targets!r} / adapter.rank={adapter.rank} do not fit the "
                          f"model at model.path={model_cfg.path!r}: {err} Set --config.adapter.targets=... or "
                          "--config.adapter.rank=...") from None
-
-
-def latest_checkpoint_step(workdir: str) -> int | None:
-    """The step of the newest complete checkpoint in `<workdir>/checkpoints`, or None; read-only (creates
-    nothing)."""
-    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    if not os.path.isdir(directory):
-        return None
-    return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True)).latest_step()
 
 
 def check_not_peft(path: str) -> None:
@@ -66,7 +57,7 @@ def check_run_to_evaluate(workdir: str) -> None:
       pass instead.
     """
     check_not_peft(workdir)
-    if latest_checkpoint_step(workdir) is None:
+    if not saved_steps(workdir):
         directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         raise FileNotFoundError(
             f"no checkpoint in {directory}: eval.py restores the adapters of a run from <workdir>/checkpoints. Train "

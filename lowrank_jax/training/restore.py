@@ -1,4 +1,5 @@
-"""A finished (or stopped) run's model: the config's base model with the trained weights of its latest checkpoint.
+"""A finished (or stopped) run's model: the config's base model with the trained weights of its newest intact
+checkpoint.
 
 `eval.py --workdir` evaluates it; tests compare it with what the training loop measured.
 """
@@ -10,7 +11,7 @@ from flax import nnx
 
 from lowrank_jax.data import build_batches, load_splits
 from lowrank_jax.sharding import make_mesh
-from lowrank_jax.training.checkpoint import Checkpointer
+from lowrank_jax.training.checkpoint import Checkpointer, CheckpointError, describe
 from lowrank_jax.training.config_check import adapter_config_from
 from lowrank_jax.training.loraga_gradients import loraga_gradients
 from lowrank_jax.training.model_source import load_model
@@ -18,7 +19,8 @@ from lowrank_jax.training.placement import adapt_onto_mesh
 
 
 def trained_model(config, model_path: str, workdir: str):
-    """The base model with its adapters (or full weights) restored from `workdir`'s latest checkpoint.
+    """The base model with its adapters (or full weights) restored from `workdir`'s newest intact checkpoint (newer
+    damaged ones are named and skipped, not moved).
 
     Returns:
       (model, tokenizer); the model lives on the first device (single process).
@@ -31,6 +33,10 @@ def trained_model(config, model_path: str, workdir: str):
         gradients = loraga_gradients(model, batches.train, config)
     graphdef, trainable, rngs, frozen = adapt_onto_mesh(model, adapter, mesh, quantize=config.model.quantize,
                                                         gradients=gradients)
-    items, meta = Checkpointer(workdir).restore({"trainable": trainable})
-    print(f"restored step {meta['step']} from {workdir}")
+    items, meta, rejected = Checkpointer(workdir).restore_newest_intact({"trainable": trainable})
+    if items is None:
+        problems = describe(rejected) or "none saved (train first, or check --workdir)"
+        raise CheckpointError(f"no intact checkpoint in {workdir}: {problems}")
+    skipped = f" (skipped damaged {describe(rejected)})" if rejected else ""
+    print(f"restored step {meta['step']} from {workdir}{skipped}")
     return nnx.merge(graphdef, items["trainable"], rngs, frozen), tokenizer
