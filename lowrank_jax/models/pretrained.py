@@ -17,6 +17,7 @@ from flax import nnx
 
 from lowrank_jax.models.config import RUNTIME_FIELDS, LlamaConfig
 from lowrank_jax.models.gguf_io import open_gguf
+from lowrank_jax.models.gguf_tokenizer import load_gguf_tokenizer
 from lowrank_jax.models.llama import Llama
 from lowrank_jax.models.param_map import (NNXPath, expected_hf_shapes, hf_tensors_from_nnx, nnx_leaves_from_hf,
                                           rules_for)
@@ -129,26 +130,18 @@ def load_tokenizer(path: str | os.PathLike, *, gguf_file: str | None = None):
     """The tokenizer of a checkpoint (transformers `AutoTokenizer`), from an HF directory or a GGUF file.
 
     From a GGUF file, bos / eos / pad are the tokens the file's metadata names (`tokenizer.ggml.*_token_id`), as
-    `load_pretrained`'s config has them, whatever transformers' GGUF converter made of them.
+    `load_pretrained`'s config has them, and the converted tokenizer is cached (`lowrank_jax.models.gguf_tokenizer`).
 
     Args:
         path: the directory or .gguf file given to `load_pretrained`.
         gguf_file: a GGUF file name inside the directory `path`.
     """
+    path = os.fspath(path)
+    if gguf_file or path.endswith(".gguf"):
+        return load_gguf_tokenizer(os.path.join(path, gguf_file) if gguf_file else path)
     from transformers import AutoTokenizer  # heavy import, only needed here
 
-    path = os.fspath(path)
-    if path.endswith(".gguf"):
-        path, gguf_file = os.path.split(os.path.abspath(path))
-    if not gguf_file:
-        return AutoTokenizer.from_pretrained(path)
-    tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
-    special_ids = open_gguf(os.path.join(path, gguf_file)).hf_config
-    for role in ("bos", "eos", "pad"):
-        token_id = special_ids.get(f"{role}_token_id")
-        if token_id is not None and getattr(tokenizer, f"{role}_token_id") != token_id:
-            setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(token_id))
-    return tokenizer
+    return AutoTokenizer.from_pretrained(path)
 
 
 def _open_with_config(path: str | os.PathLike, gguf_file: str | None, dtype, param_dtype, runtime_overrides: dict):
