@@ -1,7 +1,7 @@
 """The tiny setup that tests of whole runs share: short GSM8K-format problems written by the test, the `tiny` preset
 on them, and (fixture `trained_run`) one LoRA run trained once per test session, which tests copy and then damage,
-resume or diverge, under a compilation cache so that runs with the same shapes and settings skip XLA. Its base is
-the tiny preset's random model saved as an HF directory, which a subprocess loads as fast as the test process."""
+resume or diverge. Its base is the tiny preset's random model saved as an HF directory, which a subprocess loads as
+fast as the test process."""
 
 import glob
 import hashlib
@@ -9,11 +9,9 @@ import json
 import os
 import shutil
 
-import jax
 import numpy as np
 import pytest
 from flax import nnx
-from jax.experimental.compilation_cache import compilation_cache
 from tensorboardX.proto import event_pb2
 
 from configs import lora_llama
@@ -82,18 +80,14 @@ def purge_step(workdir):
     return None
 
 
-def saved_base_model(directory, tokenizer_dir):
+def saved_base_model(directory):
     """The tiny preset's random Llama (seed 0) and the embedded SmolLM2 tokenizer as an HF directory, the same model
-    that model.path='random' builds. `tokenizer_dir` keeps the tokenizer across test sessions: parsing it out of the
-    embedded GGUF takes seconds (staged and renamed, so an interrupted session leaves none half written)."""
-    if not tokenizer_dir.exists():
-        embedded_tokenizer().save_pretrained(str(tokenizer_dir) + ".staging")
-        os.replace(str(tokenizer_dir) + ".staging", tokenizer_dir)
+    that model.path='random' builds."""
     config = lora_llama.get_config("tiny").model
     runtime = dict(dtype=config.dtype, param_dtype=config.param_dtype, scan_layers=config.scan_layers,
                    remat=config.remat)
     save_pretrained(Llama(LlamaConfig(**config.random.to_dict(), **runtime), rngs=nnx.Rngs(0)), str(directory))
-    shutil.copytree(tokenizer_dir, directory, dirs_exist_ok=True)
+    embedded_tokenizer().save_pretrained(str(directory))
     return directory
 
 
@@ -113,26 +107,16 @@ class TrainedRun:
 
 
 @pytest.fixture(scope="module")
-def trained_run(request, tmp_path_factory):
-    """A TrainedRun, trained at the first use in a test session. The module's runs share a compilation cache; it and
-    the tokenizer are kept in pytest's cache directory (.pytest_cache; `pytest --cache-clear` empties it), so that
-    later sessions compile nothing the code has not changed."""
+def trained_run(tmp_path_factory):
+    """A TrainedRun, trained at the first use in a test process (its programs then come from the compilation cache
+    that tests/conftest.py sets)."""
     base = tmp_path_factory.getbasetemp()
-    pytest_cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
-    kept = pytest_cache.mkdir("lowrank_jax_run_tests") if pytest_cache else base
-    previous = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
-    compilation_cache.set_cache_dir(str(kept / "jax_compilation_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    compilation_cache.reset_cache()  # takes the directory even if this process compiled before
     run = TrainedRun(base / "run_data", base / "base_model", base / "trained_run")
     if not run.data_dir.exists():
         run.data_dir.mkdir()
         write_problems(run.data_dir)
     if not run.base_model.exists():
-        saved_base_model(run.base_model, kept / "embedded_tokenizer")
+        saved_base_model(run.base_model)
     if not (run.workdir / "report.json").exists():
         loop.run(run.config(run.workdir))
-    yield run
-    jax.config.update("jax_compilation_cache_dir", previous[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", previous[1])
-    compilation_cache.reset_cache()
+    return run
