@@ -40,8 +40,9 @@ class RunSpec:
     """Everything one configuration needs; JSON-serialisable so a parent process can hand it over.
 
     `batch` rows per optimizer step in `accum` micro-batches; `mesh` sizes (data, fsdp, tensor) over the first
-    `devices` devices; `warmup` untimed steps, then `steps` timed ones (losses of all are recorded). `max_rank`
-    caps the method's rank (tiny smoke-test shapes are narrower than 128).
+    `devices` devices; `warmup` untimed steps, then `steps` timed ones (losses of all are recorded).
+    `loss_chunk_tokens` as `train.loss_chunk_tokens` (0 = the loss's logits at once). `max_rank` caps the method's
+    rank (tiny smoke-test shapes are narrower than 128).
     """
 
     model: str
@@ -60,6 +61,7 @@ class RunSpec:
     mesh: tuple[int, int, int] = (1, -1, 1)
     learning_rate: float = 2e-4
     segments: int = 1
+    loss_chunk_tokens: int = 0
     max_rank: int | None = None
     peak_tflops: float = 989.0
     seed: int = 0
@@ -72,8 +74,9 @@ class RunSpec:
         for name in ("seq", "batch", "accum", "steps", "devices", "segments"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
-        if self.warmup < 0:
-            raise ValueError(f"warmup={self.warmup} must be >= 0")
+        for name in ("warmup", "loss_chunk_tokens"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
         if self.batch % self.accum:
             raise ValueError(f"batch={self.batch} must be a multiple of accum={self.accum}")
         if self.seq % self.segments:
@@ -207,7 +210,7 @@ def prepare(spec: RunSpec) -> Prepared:
 
     batches = [jax.device_put(make_batch(spec, i), batch_sharding(mesh)) for i in range(total_steps)]
     start = time.perf_counter()
-    step = jit_train_step(state, optimizer, opt_state)
+    step = jit_train_step(state, optimizer, opt_state, loss_chunk_tokens=spec.loss_chunk_tokens)
     with jax.set_mesh(mesh):  # as the loop traces it: per-device kernels (cuDNN packed attention) read the mesh
         compiled = step.lower(state.trainable, opt_state, state.rngs, state.frozen, batches[0]).compile()
     row["compile_s"] = time.perf_counter() - start

@@ -118,6 +118,8 @@ def get_config(preset, *, method, settings, optimizer="adamw", trainable="adapte
         resume_or_start=False,    # resume the run in workdir if there is one, else start it (relaunched jobs)
         export_peft=True,
         export_merged=False,
+        loss_chunk_tokens=0,      # > 0: the loss's logits N sequence positions at a time, (B, T, V) never whole
+                                  # (docs/contracts.md, Training); 0 = all at once
     ))
     # Axis sizes over the first `devices` devices (0 = all of them); one axis may be -1 (the rest).
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, devices=0))

@@ -191,6 +191,7 @@ def test_unrolled_layers_train_like_scanned_ones(data_dir, tmp_path, module, opt
     ({"model.dtype": "float16"}, "model.dtype"),
     ({"model.attention_impl": "flash"}, "model.attention_impl"),
     ({"model.attention_impl": "cudnn", "model.dtype": "float32"}, "bfloat16"),
+    ({"train.loss_chunk_tokens": -1}, "train.loss_chunk_tokens"),
 ])
 def test_bad_configs_fail_before_loading(data_dir, tmp_path, overrides, message):
     with pytest.raises(ValueError if "path" not in str(overrides) else FileNotFoundError, match=message):
@@ -209,7 +210,7 @@ def test_everything_that_runs_the_model_is_traced_under_the_run_mesh(data_dir, t
         return wrapped
 
     monkeypatch.setattr(loop, "mean_token_loss", recording("validation", loop.mean_token_loss))
-    monkeypatch.setattr(loop, "jit_train_step", lambda *a: recording("step", jit_train_step(*a)))
+    monkeypatch.setattr(loop, "jit_train_step", lambda *a, **k: recording("step", jit_train_step(*a, **k)))
     monkeypatch.setattr(loop, "evaluate", recording("evaluate", loop.evaluate))
     loop.run(tiny(lora_llama, data_dir, tmp_path, **{"mesh.data": 2, "mesh.fsdp": -1, "train.steps": 2,
                                                       "eval.before_and_after": True}))

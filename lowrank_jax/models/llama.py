@@ -116,7 +116,16 @@ class Llama(nnx.Module):
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *,
                  positions: jax.Array | None = None, segment_ids: jax.Array | None = None) -> jax.Array:
-        """Next-token logits for every position.
+        """Next-token logits for every position: `head(hidden_states(...))`, arguments as `hidden_states` takes them.
+
+        Returns:
+            (batch, seq, vocab) float32 logits; values at padding positions are meaningless.
+        """
+        return self.head(self.hidden_states(input_ids, attention_mask, positions=positions, segment_ids=segment_ids))
+
+    def hidden_states(self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *,
+                      positions: jax.Array | None = None, segment_ids: jax.Array | None = None) -> jax.Array:
+        """The final hidden states (after the last norm), which `head` maps to logits.
 
         Args:
             input_ids: (batch, seq) int.
@@ -128,7 +137,7 @@ class Llama(nnx.Module):
                 offsets and lengths (`packed_attention.py`).
 
         Returns:
-            (batch, seq, vocab) float32 logits; values at padding positions are meaningless.
+            (batch, seq, hidden) in the compute dtype; values at padding positions are meaningless.
         """
         _check_tokens(input_ids, attention_mask, positions, segment_ids)
         if positions is None:
@@ -144,7 +153,7 @@ class Llama(nnx.Module):
         else:
             mask = padding_and_segment_mask(attention_mask, segment_ids)
         h, _ = self._run_layers(self._embed(input_ids), positions, mask)
-        return self._logits(h)
+        return self.norm(h)
 
     def decode(self, input_ids: jax.Array, kv_cache: KVCache, *, positions: jax.Array,
                attention_mask: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
@@ -168,7 +177,7 @@ class Llama(nnx.Module):
         h, (keys, values) = self._run_layers(self._embed(input_ids), positions, mask,
                                              (kv_cache.keys, kv_cache.values), kv_cache.length)
         new_cache = KVCache(keys=keys, values=values, valid=valid, length=kv_cache.length + input_ids.shape[1])
-        return self._logits(h[:, -1]), new_cache
+        return self.head(self.norm(h[:, -1])), new_cache
 
     def _embed(self, input_ids: jax.Array) -> jax.Array:
         h = self.embed_tokens(input_ids)
@@ -176,8 +185,9 @@ class Llama(nnx.Module):
             h = h * jnp.asarray(self.config.hidden_size ** 0.5, self.config.param_dtype).astype(h.dtype)
         return h
 
-    def _logits(self, h: jax.Array) -> jax.Array:
-        h = self.norm(h)
+    def head(self, h: jax.Array) -> jax.Array:
+        """Final hidden states (…, hidden) -> float32 logits (…, vocab): the tied embeddings or `lm_head` (adapted or
+        not), soft-capped when `final_logit_softcapping` is set."""
         logits = self.embed_tokens.attend(h) if self.config.tie_word_embeddings else self.lm_head(h)
         logits = logits.astype(jnp.float32)
         cap = self.config.final_logit_softcapping

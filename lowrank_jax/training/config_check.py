@@ -82,6 +82,8 @@ def check_config(config: ml_collections.ConfigDict) -> str:
     _require(t.steps > 0 or d.epochs > 0, "set train.steps > 0 or data.epochs > 0")
     _require(t.log_every > 0 and t.checkpoint_every > 0 and t.keep_checkpoints > 0,
              "train.log_every, train.checkpoint_every and train.keep_checkpoints must be > 0")
+    _require(t.loss_chunk_tokens >= 0, f"train.loss_chunk_tokens={t.loss_chunk_tokens} must be 0 (the loss's logits "
+             "all at once) or a positive number of sequence positions per chunk")
     _require(e.batch_size > 0 and e.max_new_tokens > 0, "eval.batch_size and eval.max_new_tokens must be > 0")
     check_eval_config(e)
     check_data_config(d, needs_test=(e.after or e.before_and_after) and e.task != "humaneval")

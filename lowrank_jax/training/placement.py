@@ -69,8 +69,10 @@ def init_optimizer(optimizer: optax.GradientTransformation, trainable: Any, mesh
                         else jax.device_put(np.asarray(x), replicated), opt_state)
 
 
-def jit_train_step(state: TrainState, optimizer: optax.GradientTransformation, opt_state: Any):
-    """The jitted train step; its outputs keep their inputs' shardings (one compile) and the inputs are donated."""
+def jit_train_step(state: TrainState, optimizer: optax.GradientTransformation, opt_state: Any, *,
+                   loss_chunk_tokens: int = 0):
+    """The jitted train step; its outputs keep their inputs' shardings (one compile) and the inputs are donated.
+    `loss_chunk_tokens` as `make_train_step` takes it (config: `train.loss_chunk_tokens`)."""
     shardings = jax.tree.map(lambda x: x.sharding, (state.trainable, opt_state, state.rngs))
-    return jax.jit(make_train_step(state.graphdef, optimizer), donate_argnums=(0, 1, 2),
-                   out_shardings=(*shardings, None))
+    step = make_train_step(state.graphdef, optimizer, loss_chunk_tokens=loss_chunk_tokens)
+    return jax.jit(step, donate_argnums=(0, 1, 2), out_shardings=(*shardings, None))

@@ -16,16 +16,19 @@ from flax import nnx
 from lowrank_jax.losses import token_loss
 
 
-def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation) -> Callable:
+def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, *,
+                    loss_chunk_tokens: int = 0) -> Callable:
     """Builds `step(trainable, opt_state, rngs, frozen, batch) -> (trainable, opt_state, rngs, metrics)`.
 
     `batch` leaves are (accum, B, T): the step scans over the `accum` micro-batches, sums gradients and divides by
     the total number of target tokens, so accumulation equals one big batch exactly (up to summation order).
+    `loss_chunk_tokens` > 0 computes the loss's logits that many sequence positions at a time (`token_loss`'s
+    `chunk_tokens`), so the (B, T, V) float32 logits never exist; 0 computes them at once.
     """
 
     def micro_loss(trainable, rngs, frozen, micro_batch):
         model = nnx.merge(graphdef, trainable, rngs, frozen)
-        loss_sum, n_tokens = token_loss(model, micro_batch)
+        loss_sum, n_tokens = token_loss(model, micro_batch, chunk_tokens=loss_chunk_tokens)
         return loss_sum, (n_tokens, nnx.as_pure(nnx.state(model, nnx.RngState)))
 
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
