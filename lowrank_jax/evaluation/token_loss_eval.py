@@ -15,11 +15,13 @@ from lowrank_jax.evaluation.metrics import mean_loss_and_perplexity
 from lowrank_jax.losses import token_loss
 
 
-def mean_token_loss(model: nnx.Module, batches: Iterable[dict[str, np.ndarray]]) -> tuple[float, float]:
-    """(mean loss in nats, number of target tokens) of `model` in eval mode over `batches` of (B, T) arrays."""
+def mean_token_loss(model: nnx.Module, batches: Iterable[dict[str, np.ndarray]], *,
+                    chunk_tokens: int = 0) -> tuple[float, float]:
+    """(mean loss in nats, number of target tokens) of `model` in eval mode over `batches` of (B, T) arrays;
+    `chunk_tokens` as `token_loss`'s (0: the whole (B, T, V) logits at once)."""
     graphdef, state = nnx.split(model)
     model.eval()
-    loss_fn = jax.jit(lambda state, batch: token_loss(nnx.merge(graphdef, state), batch))
+    loss_fn = jax.jit(lambda state, batch: token_loss(nnx.merge(graphdef, state), batch, chunk_tokens=chunk_tokens))
     total, count = 0.0, 0.0
     for batch in batches:
         loss_sum, n = loss_fn(state, batch)

@@ -112,7 +112,8 @@ def run(config) -> RunResult:
               "attention_impl": model_config.attention_impl}
 
     def validation_loss(model) -> float:
-        return on_mesh(mesh, mean_token_loss)(model, batches.validation())[0]
+        return on_mesh(mesh, mean_token_loss)(model, batches.validation(),
+                                              chunk_tokens=config.train.loss_chunk_tokens)[0]
 
     report["val_loss_before"] = validation_loss(model)
     if config.eval.before_and_after:
@@ -129,7 +130,8 @@ def run(config) -> RunResult:
     # optimizer and step
     optimizer = build_optimizer(config.optimizer, total_steps, frozen)
     opt_state = init_optimizer(optimizer, trainable, mesh)
-    step_fn = on_mesh(mesh, jit_train_step(state, optimizer, opt_state))
+    step_fn = on_mesh(mesh, jit_train_step(state, optimizer, opt_state,
+                                           loss_chunk_tokens=config.train.loss_chunk_tokens))
     schedule = build_schedule(config.optimizer, total_steps)
     batch_layout = batch_sharding(mesh)
 
