@@ -169,13 +169,14 @@ def run(config) -> RunResult:
         if not config.optimizer.grad_clip:
             lower["optimizer.grad_clip"] = 1.0
         if meta is None:
-            advice = (f"No checkpoint of this run is good: start a new run (another --config.workdir) with a lower "
-                      f"learning rate, e.g. {run_command(lower)}")
+            advice = (f"No checkpoint of this run is good: start it over in place with a lower learning rate, e.g. "
+                      f"{run_command({'train.resume_or_start': True, **lower})} (or in another --config.workdir)")
         else:
             advice = (f"The last good checkpoint is step {meta['step']} ({ckpt.step_dir(meta['step'])}); continue "
                       f"from it with a lower learning rate: {run_command({'resume': True, **lower})}")
         unused = os.path.join(ckpt.workdir, "unused_checkpoints")
-        aside = f"; checkpoints {', '.join(map(str, moved))} moved to {unused}" if moved else ""
+        aside = (f"; checkpoint{'s' * (len(moved) > 1)} {', '.join(map(str, moved))} moved to {unused}"
+                 if moved else "")
         raise Diverged(f"training diverged at step {divergence.step}: {divergence.reason}. Stopped; nothing "
                        f"exported{aside}. {advice}")
 
