@@ -18,4 +18,4 @@ train: $(BIN)/.installed
 	$(BIN)/python train.py
 
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not real_checkpoint" tests
+	$(BIN)/python -m pytest -q -n 2 -m "not real_checkpoint" tests
