@@ -24,6 +24,11 @@ MODEL_SHAPES = {
     "llama-2-7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                        num_attention_heads=32, num_key_value_heads=32, head_dim=128, rope_theta=10000.0,
                        tie_word_embeddings=False, rms_norm_eps=1e-5, max_position_embeddings=4096),
+    "llama-3.1-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                         num_attention_heads=32, num_key_value_heads=8, head_dim=128, rope_theta=500000.0,
+                         rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                           original_max_position_embeddings=8192),
+                         tie_word_embeddings=False, rms_norm_eps=1e-5, max_position_embeddings=131072),
     # CPU smoke tests (--tiny): same structure as llama-3.2-1b (GQA, tied embeddings), seconds to compile.
     "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, head_dim=16, rope_theta=10000.0, tie_word_embeddings=True,
@@ -33,7 +38,7 @@ MODEL_SHAPES = {
                   num_key_value_heads=2, head_dim=64, rope_theta=10000.0, tie_word_embeddings=True,
                   rms_norm_eps=1e-5, max_position_embeddings=4096),
 }
-SHORT_NAMES = {"1b": "llama-3.2-1b", "7b": "llama-2-7b"}
+SHORT_NAMES = {"1b": "llama-3.2-1b", "7b": "llama-2-7b", "8b": "llama-3.1-8b"}
 FULL_FT_MODELS = ("llama-3.2-1b", "tiny", "small")  # full fine-tuning of the 7B shape does not fit one 80 GB GPU
 
 
@@ -55,11 +60,13 @@ class Method:
 # differs).
 METHODS = {
     "lora-r8": Method("lora", 8, "adamw"),
+    "lora-r16": Method("lora", 16, "adamw"),
     "lora-r128": Method("lora", 128, "adamw"),
     "slora-r128": Method("slora", 128, "adamw"),
     "nlora-r128": Method("nlora", 128, "adamw"),
     "inttune-r128": Method("inttune", 128, "adamw"),
     "lorapro-r8": Method("lora", 8, "lorapro"),
+    "lorapro-r16": Method("lora", 16, "lorapro"),
     "lorapro_adamw-r8-bf16": Method("lora", 8, "lorapro_adamw", "bfloat16"),
     "lorapro_adamw-r8-fp32": Method("lora", 8, "lorapro_adamw", "float32"),
     "dora-r8": Method("dora", 8, "adamw"),
@@ -76,10 +83,11 @@ DATA_POOL = 8
 
 
 def model_shape(name: str) -> dict:
-    """The architecture dict of a benchmark shape ('llama-3.2-1b' or '1b', 'llama-2-7b' or '7b', 'tiny')."""
+    """The architecture dict of a benchmark shape ('llama-3.2-1b' or '1b', 'llama-2-7b' or '7b', 'llama-3.1-8b' or
+    '8b', 'tiny')."""
     name = SHORT_NAMES.get(name, name)
     if name not in MODEL_SHAPES:
-        raise ValueError(f"unknown model shape {name!r}; choose one of {sorted(MODEL_SHAPES)} (or 1b / 7b)")
+        raise ValueError(f"unknown model shape {name!r}; choose one of {sorted(MODEL_SHAPES)} (or 1b / 7b / 8b)")
     return MODEL_SHAPES[name]
 
 
@@ -162,7 +170,7 @@ def package_versions(names: Sequence[str]) -> dict[str, str]:
 def environment(device: str | None = None) -> dict:
     """Date, command (as `python -m bench.NAME ARGS`), Python and package versions, and the device when known."""
     packages = ("jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda13-plugin", "flax", "optax", "torch", "transformers",
-                "peft")
+                "peft", "liger-kernel", "triton", "google-tunix", "qwix")
     module = os.path.splitext(os.path.relpath(sys.argv[0]))[0].replace(os.sep, ".")
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join(["python -m", module] + sys.argv[1:]),

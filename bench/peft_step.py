@@ -3,10 +3,13 @@
 bf16 random weights created on the GPU, the best attention in the image (flash-attn if installed, else SDPA, whose
 flash kernel serves causal unpadded batches), gradient checkpointing per decoder layer (as our remat='full'),
 fused AdamW over the trainable parameters after clipping to norm 1 (as transformers' Trainer and our configs).
+`--liger` patches Liger's Triton kernels into transformers' Llama before the model is built (`--liger flce`: its
+fused linear cross-entropy alone); the loss still comes from the model's forward with labels.
 One process runs the table; peak memory is reset between configurations.
 
   python -m bench.peft_step --tiny                      # CPU smoke test, tiny shapes
   python -m bench.peft_step --models 7b --seqs 2048 --batch 8 --out results/peft_7b.json
+  python -m bench.peft_step --models 8b --methods lora-r8 --batch 4 --compile --no-grad-ckpt --liger
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from bench.common import (FULL_FT_MODELS, GIB, H100_BF16_DENSE_TFLOPS, METHODS, 
 from bench.train_step import batch_for, parse_batch, parse_list
 from lowrank_jax.models import LlamaConfig
 
-PEFT_METHODS = ("lora-r8", "lora-r128", "full")  # METHODS rows that PEFT runs as they are
+PEFT_METHODS = ("lora-r8", "lora-r16", "lora-r128", "full")  # METHODS rows that PEFT runs as they are
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -38,6 +41,39 @@ def attention_implementation(requested: str, device: torch.device) -> str:
     if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
     return "sdpa"
+
+
+def apply_liger(kernels: str) -> str | None:
+    """Patches transformers' Llama classes with Liger's kernels, so that models built afterwards use them; returns
+    None, or what to install when liger-kernel (or triton, which the CUDA build of torch brings) cannot be imported.
+
+    'all': RMSNorm, RoPE, SwiGLU and the fused linear cross-entropy (FLCE: the loss from the last hidden states and
+    the LM head's weight in chunks, the logits never materialised); 'flce': FLCE alone. FLCE replaces
+    `LlamaForCausalLM.forward`, which PEFT's wrapper calls, and runs when the model trains and gets labels. PEFT's
+    LoRA layers wrap the projections of Liger's SwiGLU MLP as they wrap LlamaMLP's.
+    """
+    try:
+        from liger_kernel.transformers import apply_liger_kernel_to_llama
+    except ImportError as err:
+        return (f"--liger needs liger-kernel and triton ({err}); pip install liger-kernel (triton comes with the "
+                "CUDA build of torch); its kernels run on CUDA GPUs only")
+    every_kernel = kernels == "all"
+    apply_liger_kernel_to_llama(rope=every_kernel, rms_norm=every_kernel, swiglu=every_kernel, cross_entropy=False,
+                                fused_linear_cross_entropy=True)
+    return None
+
+
+def liger_parts(network) -> list[str]:
+    """Names of the Liger pieces a built model runs: module classes, RoPE and the LM's forward, when they are
+    Liger's."""
+    from transformers.models.llama import modeling_llama
+    parts = {type(m).__name__ for m in network.modules() if type(m).__module__.startswith("liger_kernel")}
+    if modeling_llama.apply_rotary_pos_emb.__module__.startswith("liger_kernel"):
+        parts.add(modeling_llama.apply_rotary_pos_emb.__name__)
+    forward = type(network.get_base_model() if hasattr(network, "get_base_model") else network).forward
+    if forward.__module__.startswith("liger_kernel"):
+        parts.add(f"{forward.__name__} (fused linear cross-entropy)")
+    return sorted(parts)
 
 
 def build_model(model: str, method: str, args, device: torch.device):
@@ -61,12 +97,18 @@ def build_model(model: str, method: str, args, device: torch.device):
 def run(model: str, method: str, seq: int, batch: int, args, device: torch.device) -> dict:
     """One configuration: build, warm up, time `args.steps` steps; returns its row."""
     row = dict(framework="pytorch+peft", model=model, method=method, seq=seq, batch=batch,
-               grad_ckpt=args.grad_ckpt, compile=args.compile, adapter_dtype=args.adapter_dtype)
+               grad_ckpt=args.grad_ckpt, compile=args.compile, adapter_dtype=args.adapter_dtype, liger=args.liger)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     network = build_model(model, method, args, device)
     row["attention"] = network.config._attn_implementation
+    if args.liger:
+        row["liger_parts"] = liger_parts(network)
+        if device.type != "cuda":
+            return {**row, "status": "needs_cuda",
+                    "error": f"Liger's Triton kernels run on CUDA GPUs only; the model was built with "
+                             f"{row['liger_parts']}, no step was run"}
     trainable = [p for p in network.parameters() if p.requires_grad]
     adapter_params = sum(p.numel() for name, p in network.named_parameters() if "lora_" in name)
     row.update(trainable_params=sum(p.numel() for p in trainable), adapter_params=adapter_params)
@@ -107,12 +149,17 @@ def synchronize(device: torch.device) -> None:
 
 
 def run_with_shrinking(model: str, method: str, seq: int, batch: int, args, device) -> dict:
-    """Runs one configuration, halving the batch after an out-of-memory error (unless --no-shrink)."""
+    """Runs one configuration, halving the batch after an out-of-memory error (unless --no-shrink); another error
+    becomes a row with status 'error'."""
     while True:
         try:
             return run(model, method, seq, batch, args, device)
-        except torch.OutOfMemoryError as err:
-            message = str(err).splitlines()[0]
+        except Exception as err:  # one failed configuration must not end the table; torch.compile may wrap an OOM
+            message = f"{type(err).__name__}: {err}"
+            if not isinstance(err, torch.OutOfMemoryError) and "out of memory" not in message:
+                return dict(framework="pytorch+peft", model=model, method=method, seq=seq, batch=batch,
+                            liger=args.liger, status="error", error=message)
+            message = message.splitlines()[0]
         finally:
             gc.collect()
             if device.type == "cuda":
@@ -126,7 +173,7 @@ def run_with_shrinking(model: str, method: str, seq: int, batch: int, args, devi
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", type=parse_list, default=["1b", "7b"], help="comma list: 1b, 7b, tiny")
+    parser.add_argument("--models", type=parse_list, default=["1b", "7b"], help="comma list: 1b, 7b, 8b, tiny")
     parser.add_argument("--methods", type=parse_list, default=list(PEFT_METHODS),
                         help=f"comma list from {', '.join(PEFT_METHODS)}")
     parser.add_argument("--seqs", type=lambda t: parse_list(t, int), default=[2048])
@@ -140,6 +187,9 @@ def parse_args(argv=None):
     parser.add_argument("--attn", default="auto", help="attn_implementation: auto, sdpa, flash_attention_2, eager")
     parser.add_argument("--adapter-dtype", default="float32", choices=("float32", "bfloat16"),
                         help="float32 = PEFT's default autocast of adapters on a bf16 model")
+    parser.add_argument("--liger", nargs="?", const="all", choices=("all", "flce"),
+                        help="Liger's kernels (liger-kernel, CUDA): all (RMSNorm, RoPE, SwiGLU, fused linear "
+                             "cross-entropy; the default of a bare --liger) or flce (fused linear cross-entropy alone)")
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS)
     parser.add_argument("--no-shrink", action="store_true", help="do not halve the batch when it does not fit")
@@ -162,6 +212,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     batches = parse_batch(args.batch)
+    liger_missing = args.liger and apply_liger(args.liger)
     rows = []
     for model, seq, method in itertools.product(args.models, args.seqs, args.methods):
         model = canonical_model(model)
@@ -172,11 +223,16 @@ def main(argv=None) -> None:
         if args.deadline and time.time() > args.deadline:
             row = dict(framework="pytorch+peft", model=model, method=method, seq=seq, batch=batch, status="skipped",
                        error="time budget (--deadline)")
+        elif liger_missing:
+            row = dict(framework="pytorch+peft", model=model, method=method, seq=seq, batch=batch, liger=args.liger,
+                       status="error" if device.type == "cuda" else "needs_cuda", error=liger_missing)
         else:
             row = run_with_shrinking(model, method, seq, batch, args, device)
         rows.append(row)
         if row["status"] == "ok":
             print(f"  {row['tokens_per_s']:,.0f} tokens/s, MFU {row['mfu']:.1%}", flush=True)
+        else:
+            print(f"  {row['status']}: {row.get('error', '')}", flush=True)
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
         write_json(args.out, {"environment": environment(name), "peak_tflops": args.peak_tflops, "rows": rows})
     print()

@@ -1,6 +1,7 @@
 """Markdown tables for docs/benchmarks.md from the JSON files of one benchmark run (a folder of bench outputs).
 
   python -m bench.report results/h100        # prints: setup, our train steps, ours vs PEFT, generation, scaling
+  python -m bench.report results/peers --peers   # one table per shape from bench/compare_peers.sh's rows
 """
 
 from __future__ import annotations
@@ -9,10 +10,12 @@ import argparse
 import glob
 import json
 import os
+import re
 
 from bench.common import METHODS, QUANTIZED_COLUMNS, format_cell, format_table
 
 OURS, PEFT = "lowrank-jax", "pytorch+peft"
+PEER_FRAMEWORKS = (OURS, PEFT, "tunix")
 
 
 def markdown(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
@@ -68,6 +71,26 @@ def ours_vs_peft(rows: list[dict]) -> list[dict]:
     return pairs
 
 
+def peer_tables(rows: list[dict]) -> dict[tuple[str, int], list[dict]]:
+    """bench/compare_peers.sh's rows per (model, seq): each with `run` (its file's row name) and `vs_pytorch`, its
+    tokens/s over the fastest PyTorch row's of the same method; by method, then fastest first."""
+    tables = {}
+    for row in rows:
+        if row.get("framework") in PEER_FRAMEWORKS and row.get("file", "").startswith("peers_"):
+            run = re.sub(r"^peers_[^_]+_r\d+_", "", os.path.splitext(row["file"])[0])
+            tables.setdefault((row["model"], row["seq"]), []).append({**row, "run": run})
+    for table in tables.values():
+        fastest = {}
+        for row in table:
+            if row.get("framework") == PEFT and row["status"] == "ok":
+                fastest[row["method"]] = max(fastest.get(row["method"], 0.0), row["tokens_per_s"])
+        for row in table:
+            if row["status"] == "ok" and row["method"] in fastest:
+                row["vs_pytorch"] = row["tokens_per_s"] / fastest[row["method"]]
+        table.sort(key=lambda r: (table_order(r), -(r.get("tokens_per_s") or 0.0)))
+    return tables
+
+
 TRAIN = [("model", "model", ""), ("method", "method", ""), ("seq", "seq", "d"), ("batch", "batch", "d"),
          ("step_s", "step s", ".3f"), ("tokens_per_s", "tokens/s", ",.0f"), ("mfu", "MFU", ".1%"),
          ("peak_memory_gib", "peak GiB", ".1f"), ("step_memory_estimate_gib", "XLA est. GiB", ".1f"),
@@ -80,6 +103,9 @@ PAIRS = [("model", "model", ""), ("method", "method", ""), ("seq", "seq", "d"), 
          ("peft_batch", "batch (PEFT)", "d"), ("ours_tps", "ours tokens/s", ",.0f"),
          ("peft_tps", "PEFT tokens/s", ",.0f"), ("ratio", "ours / PEFT", ".2f"), ("ours_mfu", "ours MFU", ".1%"),
          ("peft_mfu", "PEFT MFU", ".1%"), ("ours_peak", "ours peak GiB", ".1f"), ("peft_peak", "PEFT peak GiB", ".1f")]
+PEERS = [("method", "method", ""), ("run", "run", ""), ("framework", "framework", ""), ("batch", "batch", "d"),
+         ("step_s", "step s", ".3f"), ("tokens_per_s", "tokens/s", ",.0f"), ("mfu", "MFU", ".1%"),
+         ("peak_memory_gib", "peak GiB", ".1f"), ("vs_pytorch", "÷ fastest PyTorch", ".2f"), ("status", "status", "")]
 GENERATION = [("impl", "implementation", ""), ("model", "model", ""), ("batch", "batch", "d"),
               ("prompt_len", "prompt", "d"), ("new_tokens", "new tokens", "d"), ("seconds", "s / call", ".2f"),
               ("tokens_per_s", "new tokens/s", ",.0f"), ("vs_hf", "vs transformers", ".2f"),
@@ -95,6 +121,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", help="folder holding the benchmarks' JSON outputs")
     parser.add_argument("--text", action="store_true", help="fixed-width text tables instead of markdown")
+    parser.add_argument("--peers", action="store_true",
+                        help="bench/compare_peers.sh's tables only: each shape's rows against its fastest PyTorch row")
     args = parser.parse_args()
     environments, rows = load(args.folder)
     render = (lambda r, c: format_table(r, c)) if args.text else markdown
@@ -113,6 +141,9 @@ def main() -> None:
                  QUANTIZED_COLUMNS),
                 ("Batched greedy generation", [r for r in rows if "impl" in r], GENERATION),
                 ("Scaling over GPUs (same global batch and data)", multi, SCALING)]
+    if args.peers:
+        sections = [(f"{model}, sequence {seq}", table, PEERS)
+                    for (model, seq), table in sorted(peer_tables(rows).items())]
     for title, section_rows, columns in sections:
         if section_rows:
             print(f"\n## {title}\n")
@@ -123,7 +154,8 @@ def main() -> None:
         for row in failed:
             last_line = (str(row.get("error") or "").strip().splitlines() or [""])[-1]
             print(f"- {row.get('framework', row.get('impl'))} {row.get('model')} {row.get('method', '')} "
-                  f"seq {row.get('seq', '-')} batch {row.get('batch', '-')}: {row['status']}: {last_line}")
+                  f"seq {row.get('seq', '-')} batch {row.get('batch', '-')} ({row['file']}): {row['status']}: "
+                  f"{last_line}")
 
 
 if __name__ == "__main__":

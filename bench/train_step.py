@@ -69,14 +69,16 @@ def child_environment(args) -> dict[str, str]:
     return env
 
 
-def run_isolated(spec: dict, env: dict[str, str]) -> dict:
-    """Runs one spec in a fresh `python -m bench.train_one` process; a crash becomes a row with status 'oom' or
-    'error', with phase 'steps' when the step had compiled (its row so far is kept) and 'init' before that."""
+def run_isolated(spec: dict, env: dict[str, str], module: str = "bench.train_one",
+                 framework: str = "lowrank-jax") -> dict:
+    """Runs one spec in a fresh `python -m MODULE --spec JSON --result PATH` process; a crash becomes a row with
+    status 'oom' or 'error', with phase 'steps' when the step had compiled (its row so far is kept) and 'init'
+    before that."""
     with tempfile.TemporaryDirectory() as folder:
         result = os.path.join(folder, "row.json")
-        command = [sys.executable, "-m", "bench.train_one", "--spec", json.dumps(spec), "--result", result]
+        command = [sys.executable, "-m", module, "--spec", json.dumps(spec), "--result", result]
         process = subprocess.run(command, env=env, stderr=subprocess.PIPE, text=True)
-        row = {"framework": "lowrank-jax", **spec, "phase": "init"}
+        row = {"framework": framework, **spec, "phase": "init"}
         if os.path.exists(result):
             with open(result) as f:
                 row = json.load(f)
@@ -173,7 +175,7 @@ def add_scaling_columns(rows: list[dict]) -> None:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", type=parse_list, default=["1b", "7b"], help="comma list: 1b, 7b, tiny")
+    parser.add_argument("--models", type=parse_list, default=["1b", "7b"], help="comma list: 1b, 7b, 8b, tiny")
     parser.add_argument("--methods", type=parse_list, default=list(METHODS),
                         help=f"comma list from {', '.join(METHODS)}")
     parser.add_argument("--seqs", type=lambda t: parse_list(t, int), default=[2048], help="comma list of lengths")

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Our LoRA train step against PyTorch's fastest configurations and the JAX peer google-tunix, on one GPU, in one run:
+# one JSON file per row into OUTDIR, then one table per shape (bench/report.py --peers).
+#
+#   bench/compare_peers.sh OUTDIR [SHAPE ...]    shapes 7b 8b 1b (the default, in this order), ranks RANKS
+#
+# Per shape and rank, in this order, each row a fresh process that halves its batch when it does not fit:
+#   ours_none          ours, remat none, layers unrolled               (bench/train_step.py)
+#   peft_compile       PEFT + torch.compile, no checkpointing           (bench/peft_step.py)
+#   liger_compile      the same with Liger's kernels (--liger)
+#   flce_compile       the same with Liger's fused linear cross-entropy alone (--liger flce)
+#   peft_bf16          PEFT + torch.compile, no checkpointing, bf16 adapters
+#   tunix              google-tunix's PeftTrainer step, whole layers recomputed (bench/tunix_step.py)
+#   ours_preset        ours, the llama2_7b preset's remat policy, layers unrolled
+#   peft_compile_ckpt  PEFT + torch.compile, checkpointing per layer
+#   liger              PEFT + Liger, no torch.compile, no checkpointing
+#   tunix_none         google-tunix with nothing recomputed
+#   ours_levers        ours_none with OURS_FLAGS added (only when OURS_FLAGS is set)
+# A row whose file exists is not run again (rerun the same command to go on); no row starts after BUDGET_S seconds,
+# and the skipped ones are printed with their commands.
+# Settings: RANKS ("8 16"), BATCH (4: every row's first batch), BUDGET_S (400; a row may take 3 more minutes),
+# ROWS (a subset of the row names above), OURS_FLAGS (e.g. "--loss-chunk-tokens 512"), TUNIX_PYTHON (python: the
+# interpreter that has google-tunix); TINY=1 runs the rows with tiny shapes on the CPU (Liger rows: needs_cuda).
+set -euo pipefail
+out=${1:?usage: bench/compare_peers.sh OUTDIR [SHAPE ...]}
+shift
+shapes=("$@")
+[ ${#shapes[@]} -eq 0 ] && shapes=(7b 8b 1b)
+[ -n "${TINY:-}" ] && shapes=(tiny)
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+mkdir -p "$out"
+
+deadline=$(( $(date +%s) + ${BUDGET_S:-400} ))
+tiny=${TINY:+--tiny}
+rows=(${ROWS:-ours_none peft_compile liger_compile flce_compile peft_bf16 tunix ours_preset peft_compile_ckpt liger
+        tunix_none})
+[ -n "${OURS_FLAGS:-}" ] && [ -z "${ROWS:-}" ] && rows+=(ours_levers)
+ours="python -m bench.train_step --steps 3 --warmup 1 --unrolled --attention cudnn"
+peft="python -m bench.peft_step --steps 3 --warmup 2"
+fast="$peft --compile --no-grad-ckpt"
+tunix="${TUNIX_PYTHON:-python} -m bench.tunix_step --steps 3 --warmup 1"
+
+command_of() {  # row shape rank -> the row's command (without the deadline)
+  local size="--models $2 --methods lora-r$3 --batch ${BATCH:-4} $tiny"
+  case $1 in
+    ours_none) echo "$ours --remat none $size" ;;
+    ours_preset) echo "$ours --remat dots_with_no_batch_dims_saveable $size" ;;
+    ours_levers) echo "$ours --remat none ${OURS_FLAGS:-} $size" ;;
+    peft_compile) echo "$fast $size" ;;
+    liger_compile) echo "$fast --liger all $size" ;;
+    flce_compile) echo "$fast --liger flce $size" ;;
+    peft_bf16) echo "$fast --adapter-dtype bfloat16 $size" ;;
+    peft_compile_ckpt) echo "$peft --compile $size" ;;
+    liger) echo "$peft --no-grad-ckpt --liger all $size" ;;
+    tunix) echo "$tunix --remat decoder $size" ;;
+    tunix_none) echo "$tunix --remat none $size" ;;
+    *) echo "unknown row $1; rows: ours_none peft_compile liger_compile flce_compile peft_bf16 tunix ours_preset" \
+            "peft_compile_ckpt liger tunix_none ours_levers" >&2; return 2 ;;
+  esac
+}
+
+skipped=()
+for shape in "${shapes[@]}"; do
+  for rank in ${RANKS:-8 16}; do
+    for row in "${rows[@]}"; do
+      file="$out/peers_${shape}_r${rank}_${row}.json"
+      command="$(command_of "$row" "$shape" "$rank") --out $file"
+      if [ -e "$file" ]; then
+        echo "=== $shape r$rank $row: already in $file"
+      elif [ "$(date +%s)" -gt "$deadline" ]; then
+        skipped+=("$command")
+      else
+        echo "=== $shape r$rank $row ($(( deadline - $(date +%s) )) s of the budget left): $command"
+        $command --deadline "$deadline" || echo "=== $row failed (exit $?); going on with the next"
+      fi
+    done
+  done
+done
+
+python -m bench.report "$out" --peers
+if [ ${#skipped[@]} -gt 0 ]; then
+  echo
+  echo "time budget spent; not started (rerun the same bench/compare_peers.sh command to go on, or run them alone):"
+  printf '  %s\n' "${skipped[@]}"
+fi
