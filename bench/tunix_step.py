@@ -30,8 +30,9 @@ FRAMEWORK = "tunix"
 TUNIX_METHODS = ("lora-r8", "lora-r16", "lora-r128")  # plain LoRA: what tunix's PeftTrainer trains
 REMAT = ("none", "block", "decoder")  # tunix's RematConfig: nothing, attention and MLP blocks, whole layers
 LORA_TARGETS = ".*(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-INSTALL_HINT = ("bench/tunix_step.py needs google-tunix and qwix: pip install google-tunix (docs/benchmarks.md lists "
-                "the wheels to add to a GPU image that has JAX, flax, optax and orbax)")
+INSTALL_HINT = ("bench/tunix_step.py needs google-tunix and qwix: pip install --no-deps -r "
+                "bench/peers_requirements.txt (pinned, on top of JAX, flax, optax and orbax; its header says how to "
+                "carry the wheels)")
 
 
 @dataclasses.dataclass(frozen=True)
