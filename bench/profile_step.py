@@ -196,6 +196,8 @@ def parse_args(argv=None):
     parser.add_argument("--attention", default="cudnn", help="model.attention_impl: cudnn or xla")
     parser.add_argument("--unrolled", action="store_true",
                         help="model.scan_layers=False: one compiled block per layer instead of a scan")
+    parser.add_argument("--fuse-projections", action="store_true",
+                        help="model.fuse_projections: q/k/v and gate/up (with adapters' x A) from one matmul each")
     parser.add_argument("--adapter-dtype", default="float32", help="adapter parameter dtype (AdapterConfig.dtype)")
     parser.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS, help="device peak for MFU")
     parser.add_argument("--top", type=int, default=15, help="kernels in the top table")
@@ -223,7 +225,7 @@ def main(argv=None) -> None:
         for method in args.methods:
             spec = RunSpec(model=canonical_model(model), method=method, seq=args.seq, batch=args.batch,
                            steps=args.steps, warmup=args.warmup, remat=args.remat, attention=args.attention,
-                           scan_layers=not args.unrolled,
+                           scan_layers=not args.unrolled, fuse_projections=args.fuse_projections,
                            adapter_dtype=args.adapter_dtype, peak_tflops=args.peak_tflops,
                            max_rank=16 if args.tiny else None)
             print(f"[{len(rows) + 1}/{len(args.models) * len(args.methods)}] {spec.model} {method} seq {spec.seq} "

@@ -41,8 +41,8 @@ class RunSpec:
 
     `batch` rows per optimizer step in `accum` micro-batches; `mesh` sizes (data, fsdp, tensor) over the first
     `devices` devices; `warmup` untimed steps, then `steps` timed ones (losses of all are recorded).
-    `loss_chunk_tokens` as `train.loss_chunk_tokens` (0 = the loss's logits at once). `max_rank` caps the method's
-    rank (tiny smoke-test shapes are narrower than 128).
+    `loss_chunk_tokens` as `train.loss_chunk_tokens` (0 = the loss's logits at once), `fuse_projections` as
+    `model.fuse_projections`. `max_rank` caps the method's rank (tiny smoke-test shapes are narrower than 128).
     """
 
     model: str
@@ -62,6 +62,7 @@ class RunSpec:
     learning_rate: float = 2e-4
     segments: int = 1
     loss_chunk_tokens: int = 0
+    fuse_projections: bool = False
     max_rank: int | None = None
     peak_tflops: float = 989.0
     seed: int = 0
@@ -136,7 +137,8 @@ def build_state(spec: RunSpec, mesh):
     method = METHODS[spec.method]
     rank = adapter_rank(spec)
     config = LlamaConfig(**model_shape(spec.model), dtype=spec.dtype, param_dtype=spec.dtype,
-                         scan_layers=spec.scan_layers, remat=spec.remat, attention_impl=spec.attention)
+                         scan_layers=spec.scan_layers, remat=spec.remat, attention_impl=spec.attention,
+                         fuse_projections=spec.fuse_projections)
     model = random_llama(config, mesh, spec.seed)
     adapter = None
     if method.adapter:

@@ -7,6 +7,7 @@ programs and autotuning results are shared through JAX's persistent compilation 
   python -m bench.train_step --models 7b --seqs 2048 --batch 8 --out results/train_7b.json
   python -m bench.train_step --models 1b --methods lora-r8 --batch 8 --scaling 1,2 --warmup 2 --steps 18
   python -m bench.train_step --models 7b --methods lora-r8 --batch 8 --loss-chunk-tokens 512   # chunked loss
+  python -m bench.train_step --models 7b --methods lora-r8 --batch 8 --fuse-projections   # q/k/v, gate/up fused
 """
 
 from __future__ import annotations
@@ -155,7 +156,7 @@ def common_fields(args) -> dict:
     return dict(steps=args.steps, warmup=args.warmup, remat=args.remat, attention=args.attention,
                 scan_layers=not args.unrolled,
                 adapter_dtype=args.adapter_dtype, learning_rate=args.lr, segments=args.segments,
-                loss_chunk_tokens=args.loss_chunk_tokens,
+                loss_chunk_tokens=args.loss_chunk_tokens, fuse_projections=args.fuse_projections,
                 peak_tflops=args.peak_tflops, max_rank=16 if args.tiny else None)
 
 
@@ -192,6 +193,8 @@ def parse_args(argv=None):
     parser.add_argument("--segments", type=int, default=1, help="packed sequences per row")
     parser.add_argument("--loss-chunk-tokens", type=int, default=0,
                         help="train.loss_chunk_tokens: the loss's logits this many positions at a time (0 = at once)")
+    parser.add_argument("--fuse-projections", action="store_true",
+                        help="model.fuse_projections: q/k/v and gate/up (with adapters' x A) from one matmul each")
     parser.add_argument("--devices", type=int, default=1, help="devices of the mesh (first N visible)")
     parser.add_argument("--mesh", type=lambda t: tuple(parse_list(t, int)), default=(1, -1, 1),
                         help="data,fsdp,tensor sizes (one may be -1); used for runs on more than one device")

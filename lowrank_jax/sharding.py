@@ -115,6 +115,24 @@ def spec_for(names: Sequence[str | None] | None, shape: Sequence[int], mesh: Mes
     return PartitionSpec(*spec)
 
 
+def spec_on_current_mesh(names: Sequence[str | None] | None, shape: Sequence[int]) -> PartitionSpec:
+    """`spec_for` under the mesh set by `jax.set_mesh` (the abstract mesh while tracing): how an array with logical
+    axis `names` is split where it is being used; all None (one entry per dim) when no mesh is set.
+
+    Example:
+        >>> spec_on_current_mesh(("embed", "mlp"), (64, 128))
+        P(None, None)
+        >>> with jax.set_mesh(make_mesh(data=1, fsdp=2, tensor=4)):
+        ...     spec_on_current_mesh(("embed", "mlp"), (64, 128))
+        P('fsdp', 'tensor')
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return PartitionSpec(*(None,) * len(shape))
+    spec = spec_for(names, shape, mesh)
+    return PartitionSpec(*spec, *(None,) * (len(shape) - len(spec)))
+
+
 def state_shardings(state: nnx.State, mesh: Mesh) -> nnx.State:
     """NamedShardings for every Variable of `state` from its `out_sharding` names, shaped like `nnx.pure(state)`."""
 

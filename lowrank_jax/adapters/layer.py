@@ -99,8 +99,15 @@ class AdaptedLinear(nnx.Module):
         dtype = y.dtype
         if self.dropout is not None:
             x = self.dropout(x, rngs=self.dropout_rngs)
+        h = jnp.matmul(x.astype(dtype), self.lora_a[...].astype(dtype), precision=self.base.precision)
+        return self.add_adapter(y, h)
+
+    def add_adapter(self, y: jax.Array, h: jax.Array) -> jax.Array:
+        """y + s · h [@ lora_m] @ lora_b: the adapter's output added to the base's output y (…, out), from the
+        adapter's hidden h = dropout(x) @ lora_a (…, r), both in the compute dtype. `__call__` and
+        `fused_linears` (which computes h in one matmul with other layers') both finish through here."""
+        dtype = y.dtype
         precision = self.base.precision
-        h = jnp.matmul(x.astype(dtype), self.lora_a[...].astype(dtype), precision=precision)
         if self.lora_m is not None:
             h = jnp.matmul(h, self.lora_m[...].astype(dtype), precision=precision)
         h = jnp.matmul(h, self.lora_b[...].astype(dtype), precision=precision)

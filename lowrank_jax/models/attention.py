@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lowrank_jax.adapters.fused_linears import fused_linears
 from lowrank_jax.models.axes import logical_axes
 from lowrank_jax.models.config import LlamaConfig
 from lowrank_jax.models.norm import RMSNorm
@@ -35,7 +36,8 @@ class Attention(nnx.Module):
 
     Kernels: q_proj (hidden, heads * head_dim), k_proj / v_proj (hidden, kv_heads * head_dim),
     o_proj (heads * head_dim, hidden); q/k/v biases when `config.attention_bias` (Qwen2); q_norm / k_norm
-    (RMSNorm over head_dim, before the rotary embedding) when `config.qk_norm` (Qwen3, Gemma 3).
+    (RMSNorm over head_dim, before the rotary embedding) when `config.qk_norm` (Qwen3, Gemma 3). With
+    `config.fuse_projections` q/k/v come from one matmul (`fused_linears`).
     """
 
     def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
@@ -57,6 +59,7 @@ class Attention(nnx.Module):
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
         self.implementation = config.attention_impl
+        self.fuse_projections = config.fuse_projections
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array | PackedSegments | None,
                  layer_cache: tuple[jax.Array, jax.Array] | None = None, write_index: jax.Array | None = None,
@@ -78,12 +81,14 @@ class Attention(nnx.Module):
             (batch, T, hidden) and the updated (keys, values) or None.
         """
         batch, seq, _ = x.shape
-        q = self.q_proj(x).reshape(batch, seq, self.num_heads, self.head_dim)
-        k = self.k_proj(x).reshape(batch, seq, self.num_kv_heads, self.head_dim)
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        q, k, v = fused_linears(x, projections) if self.fuse_projections else (p(x) for p in projections)
+        q = q.reshape(batch, seq, self.num_heads, self.head_dim)
+        k = k.reshape(batch, seq, self.num_kv_heads, self.head_dim)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        v = self.v_proj(x).reshape(batch, seq, self.num_kv_heads, self.head_dim)
+        v = v.reshape(batch, seq, self.num_kv_heads, self.head_dim)
         if isinstance(mask, PackedSegments):
             out = packed_causal_attention(q, k, v, mask)
         elif layer_cache is None:

@@ -22,7 +22,7 @@ DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 ATTENTION_IMPLS = ("xla", "cudnn")
 LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
-RUNTIME_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat", "attention_impl")
+RUNTIME_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat", "attention_impl", "fuse_projections")
 _REQUIRED_HF_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 # transformers' class defaults for keys a config.json may omit.
 _HF_MAX_POSITIONS = {"llama": 2048, "mistral": 131072, "qwen2": 32768, "qwen3": 32768, "phi3": 4096,
@@ -53,6 +53,8 @@ class LlamaConfig:
     `scan_layers` scans the stacked decoder layers (False: a Python loop over the same stacked state);
     `remat` is one of REMAT_POLICIES; `attention_impl` is 'xla' (any device) or 'cudnn' (GPU, bfloat16); models with
     sliding-window layers run XLA's attention there (the window is a traced per-layer value, cuDNN's a static one).
+    `fuse_projections` computes q/k/v and gate/up (with their adapters' x A) each from one matmul
+    (`lowrank_jax.adapters.fused_linears`); the same parameters and outputs up to round-off.
 
     Example:
         >>> cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
@@ -92,6 +94,7 @@ class LlamaConfig:
     scan_layers: bool = True
     remat: str = "none"
     attention_impl: str = "xla"
+    fuse_projections: bool = False
 
     def __post_init__(self):
         if self.num_key_value_heads is None:
@@ -139,6 +142,8 @@ class LlamaConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not supported; use one of {DTYPES}.")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat={self.remat!r} is not supported; use one of {REMAT_POLICIES}.")
+        if not isinstance(self.fuse_projections, bool):
+            raise ValueError(f"fuse_projections must be True or False, got {self.fuse_projections!r}.")
         if self.attention_impl not in ATTENTION_IMPLS:
             raise ValueError(f"attention_impl={self.attention_impl!r} is not supported; use one of {ATTENTION_IMPLS}.")
         if self.attention_impl == "cudnn" and self.dtype != "bfloat16":
@@ -208,7 +213,7 @@ class LlamaConfig:
         Args:
             hf_config: the dict (e.g. `json.load(open("config.json"))` or `transformers_config.to_dict()`).
                 Rope settings may be in `rope_parameters` (transformers 5) or `rope_theta` / `rope_scaling`.
-            **runtime: runtime fields to set (dtype, param_dtype, scan_layers, remat, attention_impl).
+            **runtime: runtime fields to set (RUNTIME_FIELDS: dtype, param_dtype, scan_layers, remat, ...).
 
         Returns:
             The validated config.

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lowrank_jax.adapters.fused_linears import fused_linears
 from lowrank_jax.models.attention import Attention, projection
 from lowrank_jax.models.axes import logical_axes
 from lowrank_jax.models.config import LlamaConfig
@@ -35,7 +36,8 @@ _UNBOUNDED_WINDOW = np.iinfo(np.int32).max
 
 class MLP(nnx.Module):
     """Gated feed-forward `down_proj(act(gate_proj(x)) * up_proj(x))`, kernels (hidden, mlp) / (mlp, hidden);
-    act is silu (SwiGLU) or tanh-approximated gelu (Gemma's GeGLU)."""
+    act is silu (SwiGLU) or tanh-approximated gelu (Gemma's GeGLU). With `config.fuse_projections` gate and up come
+    from one matmul (`fused_linears`)."""
 
     def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
         hidden, inner = config.hidden_size, config.intermediate_size
@@ -43,10 +45,13 @@ class MLP(nnx.Module):
         self.up_proj = projection(config, hidden, inner, ("embed", "mlp"), use_bias=False, rngs=rngs)
         self.down_proj = projection(config, inner, hidden, ("mlp", "embed"), use_bias=False, rngs=rngs)
         self.activation = ACTIVATIONS[config.hidden_act]
+        self.fuse_projections = config.fuse_projections
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """(batch, T, hidden) -> (batch, T, hidden)."""
-        return self.down_proj(self.activation(self.gate_proj(x)) * self.up_proj(x))
+        projections = (self.gate_proj, self.up_proj)
+        gate, up = fused_linears(x, projections) if self.fuse_projections else (p(x) for p in projections)
+        return self.down_proj(self.activation(gate) * up)
 
 
 class DecoderLayer(nnx.Module):

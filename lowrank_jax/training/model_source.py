@@ -60,7 +60,7 @@ def resolve_model_path(path: str) -> str:
 def _runtime(cfg: ml_collections.ConfigDict, attention_impl: str) -> dict:
     """The runtime fields of LlamaConfig that the `model` block sets."""
     return dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, scan_layers=cfg.scan_layers, remat=cfg.remat,
-                attention_impl=attention_impl)
+                attention_impl=attention_impl, fuse_projections=cfg.fuse_projections)
 
 
 def model_config(cfg: ml_collections.ConfigDict, path: str, attention_impl: str = "xla") -> LlamaConfig:
