@@ -29,8 +29,9 @@ from lowrank_jax.adapters.loraga import estimate_gradients
 from lowrank_jax.losses import token_loss
 from lowrank_jax.models import LlamaConfig
 from lowrank_jax.sharding import batch_sharding, make_mesh
+from lowrank_jax.training import memory_plan
 from lowrank_jax.training.optimizer import build_optimizer
-from lowrank_jax.training.placement import adapt_onto_mesh, init_optimizer, jit_train_step
+from lowrank_jax.training.placement import adapt_onto_mesh, compile_train_step, init_optimizer, with_remat
 
 ADAPTER_FACTORS = ("lora_a", "lora_m", "lora_b")  # trained or frozen; the residual inits' copies are not counted
 
@@ -42,7 +43,9 @@ class RunSpec:
     `batch` rows per optimizer step in `accum` micro-batches; `mesh` sizes (data, fsdp, tensor) over the first
     `devices` devices; `warmup` untimed steps, then `steps` timed ones (losses of all are recorded).
     `loss_chunk_tokens` as `train.loss_chunk_tokens` (0 = the loss's logits at once), `fuse_projections` as
-    `model.fuse_projections`. `max_rank` caps the method's rank (tiny smoke-test shapes are narrower than 128).
+    `model.fuse_projections`. `remat` 'auto': the memory plan's fastest policy that fits the device at this batch
+    (lowrank_jax/training/memory_plan.py). `max_rank` caps the method's rank (tiny smoke-test shapes are narrower
+    than 128).
     """
 
     model: str
@@ -136,8 +139,9 @@ def build_state(spec: RunSpec, mesh):
     split and placed by the training loop's own function."""
     method = METHODS[spec.method]
     rank = adapter_rank(spec)
+    remat = "full" if spec.remat == memory_plan.AUTO_REMAT else spec.remat   # the plan swaps in its choice (`prepare`)
     config = LlamaConfig(**model_shape(spec.model), dtype=spec.dtype, param_dtype=spec.dtype,
-                         scan_layers=spec.scan_layers, remat=spec.remat, attention_impl=spec.attention,
+                         scan_layers=spec.scan_layers, remat=remat, attention_impl=spec.attention,
                          fuse_projections=spec.fuse_projections)
     model = random_llama(config, mesh, spec.seed)
     adapter = None
@@ -166,14 +170,14 @@ def peak_bytes(devices) -> int | None:
 
 
 def step_memory(compiled) -> dict[str, float | None]:
-    """XLA's buffer sizes of one step per device, in GiB: `step_memory_estimate_gib` = arguments + temporaries +
-    outputs not aliased to (donated) inputs; `argument_gib` = the resident state and batch alone."""
+    """XLA's buffer sizes of one step per device, in GiB: `step_memory_estimate_gib` = the memory plan's estimate
+    (arguments + temporaries + outputs not aliased to (donated) inputs); `argument_gib` = the resident state and
+    batch alone."""
     analysis = compiled.memory_analysis()
     if analysis is None:
         return {"step_memory_estimate_gib": None, "argument_gib": None}
-    total = (analysis.argument_size_in_bytes + analysis.temp_size_in_bytes + analysis.output_size_in_bytes
-             - analysis.alias_size_in_bytes)
-    return {"step_memory_estimate_gib": total / GIB, "argument_gib": analysis.argument_size_in_bytes / GIB}
+    return {"step_memory_estimate_gib": memory_plan.step_memory(compiled).total / GIB,
+            "argument_gib": analysis.argument_size_in_bytes / GIB}
 
 
 @dataclasses.dataclass
@@ -212,11 +216,20 @@ def prepare(spec: RunSpec) -> Prepared:
 
     batches = [jax.device_put(make_batch(spec, i), batch_sharding(mesh)) for i in range(total_steps)]
     start = time.perf_counter()
-    step = jit_train_step(state, optimizer, opt_state, loss_chunk_tokens=spec.loss_chunk_tokens)
-    with jax.set_mesh(mesh):  # as the loop traces it: per-device kernels (cuDNN packed attention) read the mesh
-        compiled = step.lower(state.trainable, opt_state, state.rngs, state.frozen, batches[0]).compile()
-    row["compile_s"] = time.perf_counter() - start
     limit = (devices[0].memory_stats() or {}).get("bytes_limit")
+    if spec.remat == memory_plan.AUTO_REMAT:  # the training loop's memory plan over the remat policies, at this batch
+        plan, compiled = memory_plan.plan_memory(
+            lambda remat, _: compile_train_step(with_remat(state, remat), optimizer, opt_state, batches[0], mesh,
+                                                loss_chunk_tokens=spec.loss_chunk_tokens),
+            remats=memory_plan.REMAT_FASTEST_FIRST, accums=(spec.accum,), batch_rows=spec.batch, seq_len=spec.seq,
+            batch_devices=mesh.shape["data"] * mesh.shape["fsdp"],
+            limit_bytes=memory_plan.device_memory_limit(devices))
+        print(f"  {plan.line()}", flush=True)
+        row.update(remat=plan.remat, memory_plan=plan.as_dict())
+    else:
+        compiled = compile_train_step(state, optimizer, opt_state, batches[0], mesh,
+                                      loss_chunk_tokens=spec.loss_chunk_tokens)
+    row["compile_s"] = time.perf_counter() - start
     row.update(step_memory(compiled), memory_limit_gib=None if limit is None else limit / GIB)
     return Prepared(devices, state.trainable, opt_state, state.rngs, state.frozen, batches, compiled, row)
 

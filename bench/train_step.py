@@ -8,6 +8,7 @@ programs and autotuning results are shared through JAX's persistent compilation 
   python -m bench.train_step --models 1b --methods lora-r8 --batch 8 --scaling 1,2 --warmup 2 --steps 18
   python -m bench.train_step --models 7b --methods lora-r8 --batch 8 --loss-chunk-tokens 512   # chunked loss
   python -m bench.train_step --models 7b --methods lora-r8 --batch 8 --fuse-projections   # q/k/v, gate/up fused
+  python -m bench.train_step --models 7b --methods lora-r8 --batch 8 --remat auto   # the memory plan's policy
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import time
 from bench.common import (FULL_FT_MODELS, H100_BF16_DENSE_TFLOPS, METHODS, TRAIN_COLUMNS, canonical_model,
                           environment, error_tail, format_table, write_json)
 
-OOM_MARKERS = ("RESOURCE_EXHAUSTED", "out of memory", "Out of memory")
+OOM_MARKERS = ("RESOURCE_EXHAUSTED", "out of memory", "Out of memory", "no train step fits")
 SCALING_COLUMNS = (("model", "model", ""), ("method", "method", ""), ("devices", "GPUs", "d"),
                    ("batch", "global batch", "d"), ("accum", "accum", "d"), ("tokens_per_s", "tokens/s", ",.0f"),
                    ("scaling", "speed-up", ".2f"), ("scaling_efficiency", "efficiency", ".1%"),
@@ -184,7 +185,8 @@ def parse_args(argv=None):
     parser.add_argument("--accum", type=int, default=1, help="micro-batches per step (gradient accumulation)")
     parser.add_argument("--steps", type=int, help="timed steps (default 5; --quick 3, --tiny 2)")
     parser.add_argument("--warmup", type=int, help="untimed steps before timing (default 2; --quick, --tiny 1)")
-    parser.add_argument("--remat", default="full", help="model.remat policy (none, full, dots_saveable, ...)")
+    parser.add_argument("--remat", default="full",
+                        help="model.remat policy (none, full, dots_saveable, ...; auto: the fastest that fits)")
     parser.add_argument("--attention", default="cudnn", help="model.attention_impl: cudnn or xla")
     parser.add_argument("--unrolled", action="store_true",
                         help="model.scan_layers=False: one compiled block per layer instead of a scan")

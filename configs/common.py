@@ -47,7 +47,8 @@ def get_config(preset, *, method, settings, optimizer="adamw", trainable="adapte
         param_dtype="bfloat16",   # frozen base weights
         quantize="none",          # frozen base storage: 'none' | 'int8' (per output channel) | 'nf4' (QLoRA)
         scan_layers=True,
-        remat="full",
+        remat="full",             # activations recomputed in the backward pass: 'none' | 'dots_saveable' |
+                                  # 'dots_with_no_batch_dims_saveable' | 'full' | 'auto' (the fastest that fits)
         attention_impl="auto",    # cuDNN flash attention on NVIDIA GPUs (sm80+, bf16), else XLA | cudnn | xla
         fuse_projections=False,   # q/k/v and gate/up (with their adapters' x A) from one matmul each; unmeasured on GPU
     ))
@@ -96,7 +97,7 @@ def get_config(preset, *, method, settings, optimizer="adamw", trainable="adapte
         template="alpaca",        # prompt of query/response data: 'alpaca' | 'chat' | a format string with {query}
         max_length=512,
         batch_size=32,            # global batch in sequences
-        grad_accum=1,
+        grad_accum=1,             # micro-batches per step; 0 = auto (the fewest that fit the device's memory)
         packing=True,
         overflow="truncate",      # longer examples: 'truncate' the response or 'drop' them
         epochs=1.0,
@@ -121,6 +122,8 @@ def get_config(preset, *, method, settings, optimizer="adamw", trainable="adapte
         export_merged=False,
         loss_chunk_tokens=0,      # > 0: the loss's logits N sequence positions at a time, (B, T, V) never whole
                                   # (docs/contracts.md, Training); 0 = all at once
+        device_memory_gib=0.0,    # per-device memory the memory plan fits the step into (model.remat='auto' or
+                                  # data.grad_accum=0); 0 = the device's own limit (CPUs: the host's memory)
     ))
     # Axis sizes over the first `devices` devices (0 = all of them); one axis may be -1 (the rest).
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, devices=0))
@@ -142,16 +145,18 @@ def get_config(preset, *, method, settings, optimizer="adamw", trainable="adapte
         c.train.update(steps=20, log_every=2, checkpoint_every=10)
         c.eval.update(num_examples=64, batch_size=64, max_new_tokens=56, max_length=128, before_and_after=True)
     elif preset == "gsm8k":
-        c.model.update(remat="dots_with_no_batch_dims_saveable")
-        c.data.update(source="gsm8k", max_length=512, batch_size=32, epochs=2.0, val_examples=300)
+        # remat and micro-batches: the fastest that fits the GPU (training/memory_plan.py; printed at the start)
+        c.model.update(remat="auto")
+        c.data.update(source="gsm8k", max_length=512, batch_size=32, grad_accum=0, epochs=2.0, val_examples=300)
         c.eval.update(num_examples=1319, batch_size=256, max_new_tokens=320)
     elif preset == "llama2_7b":
-        # dots_with_no_batch_dims_saveable: 42.1% MFU vs 36.2% with full remat on an H100 at 4 x 2048 tokens and
-        # 55 GiB; 8 x 2048 tokens needs 83 GiB, so the 32 x 512 batch runs as 2 micro-batches. Unrolled layers
-        # (scan_layers=False): 45.2% instead of 42.1%, for 86 s of compilation instead of 14 (docs/benchmarks.md).
-        c.model.update(path="meta-llama/Llama-2-7b-hf", remat="dots_with_no_batch_dims_saveable", scan_layers=False)
+        # remat and micro-batches: the fastest that fits the GPU (training/memory_plan.py). 7B LoRA at 4 x 2048
+        # tokens on one H200, unrolled: no remat 50.6% MFU in 56.2 GiB, dots_with_no_batch_dims_saveable 47.7% in
+        # 54.8 GiB (docs/benchmarks.md). Unrolled layers (scan_layers=False): 45.2% instead of 42.1% on an H100, for
+        # 86 s of compilation instead of 14, paid once for each candidate the plan compiles.
+        c.model.update(path="meta-llama/Llama-2-7b-hf", remat="auto", scan_layers=False)
         c.data.update(source="meta-math/MetaMathQA", max_train_examples=100_000, max_length=512,
-                      batch_size=32, grad_accum=2, val_examples=0)
+                      batch_size=32, grad_accum=0, val_examples=0)
         c.data.test = "openai/gsm8k"
         # 128 prompts decoding 512 tokens need a 78.5 GiB generate program on an H100 (KV cache); 64 fit.
         c.eval.update(num_examples=1319, batch_size=64, max_new_tokens=512)

@@ -57,6 +57,9 @@ def configure(arm: Arm, lr: float, seed: int, evaluate: bool, args, workdir: str
     config.data.max_train_examples = args.train_examples
     config.data.max_length = args.max_length or config.data.max_length
     config.data.grad_accum = args.grad_accum
+    # Fixed, not the preset's 'auto': every run of the table takes the same step program, whatever share of the
+    # GPU its process has.
+    config.model.remat = "dots_with_no_batch_dims_saveable"
     config.workdir = workdir
     config.seed = config.data.seed = seed  # one data order per seed, the same for every arm
     adapters = config.train.trainable == "adapters"  # full fine-tuning's config has no adapter block

@@ -12,6 +12,9 @@ import numpy as np
 
 from lowrank_jax.data.tokenization import TokenizedExample
 
+# The arrays of a batch and their dtypes (docs/contracts.md, Data).
+BATCH_DTYPES = {"input_ids": np.int32, "loss_mask": np.float32, "segment_ids": np.int32, "positions": np.int32}
+
 
 def pack_first_fit(lengths: np.ndarray, order: np.ndarray, seq_len: int) -> list[list[int]]:
     """Packs examples, taken in `order`, each into the first row with room for it, else into a new row.
@@ -50,9 +53,8 @@ def rows_to_batch(rows: Sequence[Sequence[int]], examples: Sequence[TokenizedExa
       `input_ids` (R, T) int32, `loss_mask` (R, T) float32, `segment_ids` (R, T) int32 (0 = padding),
       `positions` (R, T) int32 (0 on padding), with R = len(rows) and T = seq_len.
     """
-    shape = (len(rows), seq_len)
-    batch = {"input_ids": np.full(shape, pad_id, np.int32), "loss_mask": np.zeros(shape, np.float32),
-             "segment_ids": np.zeros(shape, np.int32), "positions": np.zeros(shape, np.int32)}
+    batch = {name: np.zeros((len(rows), seq_len), dtype) for name, dtype in BATCH_DTYPES.items()}
+    batch["input_ids"][:] = pad_id
     for r, row in enumerate(rows):
         start = 0
         for segment, index in enumerate(row, start=1):

@@ -72,7 +72,9 @@ def check_data_config(cfg, *, needs_test: bool = False) -> None:
         raise ValueError(f"config: {e}") from e
     _require(cfg.max_length >= MIN_MAX_LENGTH,
              f"max_length={cfg.max_length} is too short for a prompt and an answer (at least {MIN_MAX_LENGTH})")
-    _require(cfg.batch_size > 0 and cfg.grad_accum > 0 and cfg.batch_size % cfg.grad_accum == 0,
+    _require(cfg.grad_accum >= 0, f"grad_accum={cfg.grad_accum} must be 0 (the memory plan picks the number of "
+             "micro-batches) or the number of micro-batches per step")
+    _require(cfg.batch_size > 0 and (cfg.grad_accum == 0 or cfg.batch_size % cfg.grad_accum == 0),
              f"batch_size={cfg.batch_size} must be a positive multiple of data.grad_accum={cfg.grad_accum}")
     _require(cfg.val_examples >= 0 and cfg.max_train_examples >= 0,
              f"val_examples={cfg.val_examples} and max_train_examples={cfg.max_train_examples} must be >= 0")

@@ -17,6 +17,8 @@ from lowrank_jax.evaluation.tasks import check_eval_config
 from lowrank_jax.quant import FORMATS as QUANTIZE_FORMATS
 from lowrank_jax.models.attention_choice import check_attention_impl
 from lowrank_jax.models.config import DTYPES as MODEL_DTYPES
+from lowrank_jax.models.config import REMAT_POLICIES
+from lowrank_jax.training.memory_plan import AUTO_GRAD_ACCUM, AUTO_REMAT
 from lowrank_jax.training.model_source import resolve_model_path
 from lowrank_jax.training.optimizer import LORAPRO_OPTIMIZERS, OPTIMIZERS, SCHEDULES
 from lowrank_jax.training.preflight import check_adapter_targets
@@ -41,9 +43,16 @@ def adapter_config_from(config: ml_collections.ConfigDict) -> AdapterConfig | No
 
 
 def check_mesh(config: ml_collections.ConfigDict, mesh: Mesh, process_count: int) -> None:
-    """The micro-batch splits evenly over the mesh's data-parallel devices and the processes."""
+    """The micro-batch (with data.grad_accum=0, the whole batch) splits evenly over the mesh's data-parallel devices
+    and the processes."""
     batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
-    micro_batch = config.data.batch_size // config.data.grad_accum
+    accum = config.data.grad_accum
+    if accum == AUTO_GRAD_ACCUM:
+        _require(config.data.batch_size % batch_devices == 0 and config.data.batch_size % process_count == 0,
+                 f"data.batch_size = {config.data.batch_size} rows must split evenly over data*fsdp = "
+                 f"{batch_devices} devices and {process_count} processes; change data.batch_size or mesh")
+        return
+    micro_batch = config.data.batch_size // accum
     _require(micro_batch % batch_devices == 0 and micro_batch % process_count == 0,
              f"data.batch_size / data.grad_accum = {micro_batch} rows must split evenly over data*fsdp = "
              f"{batch_devices} devices and {process_count} processes; change data.batch_size, data.grad_accum or mesh")
@@ -54,6 +63,11 @@ def check_config(config: ml_collections.ConfigDict) -> str:
     m, o, d, t, e = config.model, config.optimizer, config.data, config.train, config.eval
     _require(m.dtype in MODEL_DTYPES and m.param_dtype in MODEL_DTYPES,
              f"model.dtype={m.dtype!r} / model.param_dtype={m.param_dtype!r}: use one of {MODEL_DTYPES}")
+    _require(m.remat in (AUTO_REMAT, *REMAT_POLICIES),
+             f"model.remat={m.remat!r}: use {AUTO_REMAT!r} (the fastest policy that fits the device's memory) or one "
+             f"of {REMAT_POLICIES}")
+    _require(t.device_memory_gib >= 0, f"train.device_memory_gib={t.device_memory_gib} must be 0 (the device's own "
+             "limit) or the per-device memory in GiB that the memory plan fits the train step into")
     try:
         check_attention_impl(m.attention_impl, m.dtype)
     except ValueError as err:

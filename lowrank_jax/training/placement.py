@@ -1,4 +1,5 @@
-"""How a model's state goes onto a mesh for training: split, place, initialise the optimizer, jit the step.
+"""How a model's state goes onto a mesh for training: split, place, initialise the optimizer, jit (or compile) the
+step, with the model's remat policy swapped where the memory plan asks.
 
 The training loop, restoring a run and the benchmarks call these, so what is benchmarked is exactly the step users run.
 """
@@ -76,3 +77,21 @@ def jit_train_step(state: TrainState, optimizer: optax.GradientTransformation, o
     shardings = jax.tree.map(lambda x: x.sharding, (state.trainable, opt_state, state.rngs))
     step = make_train_step(state.graphdef, optimizer, loss_chunk_tokens=loss_chunk_tokens)
     return jax.jit(step, donate_argnums=(0, 1, 2), out_shardings=(*shardings, None))
+
+
+def with_remat(state: TrainState, remat: str) -> TrainState:
+    """`state` whose model recomputes activations under the policy `remat` (`LlamaConfig.remat`): a new graphdef,
+    the same arrays."""
+    model = nnx.merge(state.graphdef, state.trainable, state.rngs, state.frozen)
+    model.config = model.config.replace(remat=remat)
+    return state._replace(graphdef=nnx.graphdef(model))
+
+
+def compile_train_step(state: TrainState, optimizer: optax.GradientTransformation, opt_state: Any, batch: Any,
+                       mesh: Mesh, *, loss_chunk_tokens: int = 0):
+    """`jit_train_step` lowered for `batch` (leaves `jax.ShapeDtypeStruct` (accum, B, T) with the batch sharding)
+    and compiled ahead of time, traced under `mesh` as the loop runs it; its `memory_analysis()` is XLA's buffer
+    assignment of one step."""
+    step = jit_train_step(state, optimizer, opt_state, loss_chunk_tokens=loss_chunk_tokens)
+    with jax.set_mesh(mesh):
+        return step.lower(state.trainable, opt_state, state.rngs, state.frozen, batch).compile()

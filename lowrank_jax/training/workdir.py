@@ -32,6 +32,7 @@ MAY_CHANGE = (
     "train.export_peft", "train.export_merged", "eval", "data.test",
     "data.grad_accum", "mesh", "distributed", "model.attention_impl", "model.remat", "train.loss_chunk_tokens",
     "model.fuse_projections",
+    "train.device_memory_gib",
 )
 
 
