@@ -214,9 +214,9 @@ def test_everything_that_runs_the_model_is_traced_under_the_run_mesh(data_dir, t
     # The step is compiled ahead of time (the memory plan): it is traced once, and must be traced under the mesh.
     monkeypatch.setattr(placement, "make_train_step", lambda *a, **k: recording("step", make_train_step(*a, **k)))
     monkeypatch.setattr(loop, "evaluate", recording("evaluate", loop.evaluate))
-    loop.run(tiny(lora_llama, data_dir, tmp_path, **{"mesh.data": 2, "mesh.fsdp": -1, "train.steps": 2,
+    loop.run(tiny(lora_llama, data_dir, tmp_path, **{"mesh.data": 2, "mesh.fsdp": -1, "mesh.devices": 4, "train.steps": 2,
                                                       "eval.before_and_after": True}))
-    mesh = {"data": 2, "fsdp": 4, "tensor": 1}
+    mesh = {"data": 2, "fsdp": 2, "tensor": 1}
     assert seen == [("validation", mesh), ("evaluate", mesh), ("step", mesh), ("validation", mesh),
                     ("evaluate", mesh)]
     assert jax.sharding.get_abstract_mesh().empty  # and unset afterwards
