@@ -148,9 +148,9 @@ def test_run_all_resumes_retries_failures_twice_and_stops_at_the_deadline(tmp_pa
 def test_doc_examples_of_the_experiment_modules_run():
     import doctest
 
-    from experiments import init_perturbation
+    from experiments import init_gradients, init_perturbation
 
-    for module in (plan, init_perturbation):
+    for module in (plan, init_perturbation, init_gradients):
         results = doctest.testmod(module)
         assert results.failed == 0 and results.attempted > 0
 

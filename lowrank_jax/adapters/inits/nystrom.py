@@ -17,6 +17,10 @@ def nystrom_init(kernel, rank, scale, key, config) -> InitFactors:
     The sketches have variance 1/in and 1/out, so B0 and A0 have the scale of W's entries (the product B0 M0 A0
     does not depend on this choice). Oversampling ℓ is `config.oversampling`, default r // 2.
 
+    Where r = min(in, out) the product is W itself, but M0 carries the conditioning of a square Gaussian sketch
+    (M0 A0 = (Vᵀ X)⁻¹ Vᵀ for W = U Σ Vᵀ), so one AdamW update of B can move the layer by many times its norm;
+    docs/experiments.md measures it.
+
     Returns:
         lora_a = (Qᵀ Yᵀ W)ᵀ (in, r), lora_m = R⁻ᵀ (r, r), lora_b = (W X)ᵀ (r, out), kernel = K − s·a m b.
     """
