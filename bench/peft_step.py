@@ -24,10 +24,10 @@ import torch
 import transformers
 from peft import LoraConfig, get_peft_model
 
-from bench.common import (FULL_FT_MODELS, GIB, H100_BF16_DENSE_TFLOPS, METHODS, TRAIN_COLUMNS, canonical_model,
+from bench.common import (FULL_FT_MODELS, GIB, METHODS, TRAIN_COLUMNS, canonical_model,
                           environment, format_table, matmul_params, mfu, model_shape, synthetic_batch,
                           train_step_flops, write_json)
-from bench.train_step import batch_for, parse_batch, parse_list
+from bench.train_step import add_peer_arguments, batch_for, finish_peer_arguments, parse_batch, parse_list
 from lowrank_jax.models import LlamaConfig
 
 PEFT_METHODS = ("lora-r8", "lora-r16", "lora-r128", "full")  # METHODS rows that PEFT runs as they are
@@ -190,22 +190,12 @@ def parse_args(argv=None):
     parser.add_argument("--liger", nargs="?", const="all", choices=("all", "flce"),
                         help="Liger's kernels (liger-kernel, CUDA): all (RMSNorm, RoPE, SwiGLU, fused linear "
                              "cross-entropy; the default of a bare --liger) or flce (fused linear cross-entropy alone)")
-    parser.add_argument("--lr", type=float, default=2e-4)
-    parser.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS)
-    parser.add_argument("--no-shrink", action="store_true", help="do not halve the batch when it does not fit")
-    parser.add_argument("--tiny", action="store_true", help="CPU smoke test: tiny model, seq 64, batch 4")
-    parser.add_argument("--deadline", type=float, help="unix time after which no new configuration starts")
-    parser.add_argument("--out", help="JSON output path")
+    add_peer_arguments(parser)
     args = parser.parse_args(argv)
     args.max_rank = None
     if args.tiny:
         args.models, args.seqs, args.batch, args.max_rank = ["tiny"], [64], "4", 16
-    args.steps = args.steps or (2 if args.tiny else 5)
-    args.warmup = (1 if args.tiny else 2) if args.warmup is None else args.warmup
-    unknown = [m for m in args.methods if m not in PEFT_METHODS]
-    if unknown:
-        parser.error(f"unknown methods {unknown}; the PyTorch baseline runs {list(PEFT_METHODS)}")
-    return args
+    return finish_peer_arguments(parser, args, PEFT_METHODS, "the PyTorch baseline")
 
 
 def main(argv=None) -> None:

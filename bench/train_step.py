@@ -38,6 +38,27 @@ def parse_list(text: str, kind=str) -> list:
     return [kind(x) for x in text.split(",") if x]
 
 
+def add_peer_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every peer benchmark (bench/peft_step.py, bench/tunix_step.py) shares with this one."""
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS)
+    parser.add_argument("--no-shrink", action="store_true", help="do not halve the batch when it does not fit")
+    parser.add_argument("--tiny", action="store_true", help="CPU smoke test: tiny model, seq 64, batch 4")
+    parser.add_argument("--deadline", type=float, help="unix time after which no new configuration starts")
+    parser.add_argument("--out", help="JSON output path")
+
+
+def finish_peer_arguments(parser: argparse.ArgumentParser, args, methods, framework: str):
+    """`args` with the step counts' defaults (5 timed after 2 warm-up; --tiny 2 after 1), after checking that
+    `methods` (the names the peer runs) has every requested method."""
+    args.steps = args.steps or (2 if args.tiny else 5)
+    args.warmup = (1 if args.tiny else 2) if args.warmup is None else args.warmup
+    unknown = [m for m in args.methods if m not in methods]
+    if unknown:
+        parser.error(f"unknown methods {unknown}; {framework} runs {list(methods)}")
+    return args
+
+
 def parse_batch(text: str) -> dict[str, int]:
     """'8' or '1b=8,7b=4,7b/lorapro_adamw-r8-fp32=2' -> {'': 8} / {'llama-3.2-1b': 8, ...}; most specific wins."""
     table = {}

@@ -24,7 +24,8 @@ import time
 
 from bench.common import (GIB, H100_BF16_DENSE_TFLOPS, METHODS, TRAIN_COLUMNS, canonical_model, environment,
                           format_table, mfu, model_shape, synthetic_batch, train_step_flops, write_json)
-from bench.train_step import batch_for, parse_batch, parse_list, run_isolated, run_with_shrinking
+from bench.train_step import (add_peer_arguments, batch_for, finish_peer_arguments, parse_batch, parse_list,
+                              run_isolated, run_with_shrinking)
 
 FRAMEWORK = "tunix"
 TUNIX_METHODS = ("lora-r8", "lora-r16", "lora-r128")  # plain LoRA: what tunix's PeftTrainer trains
@@ -201,23 +202,13 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, help="untimed steps, the first compiles (default 2; --tiny 1)")
     parser.add_argument("--remat", default="decoder", choices=REMAT,
                         help="tunix's RematConfig: decoder (whole layers, as our remat=full), block, none")
-    parser.add_argument("--lr", type=float, default=2e-4)
-    parser.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS)
-    parser.add_argument("--no-shrink", action="store_true", help="do not halve the batch when it does not fit")
-    parser.add_argument("--tiny", action="store_true", help="CPU smoke test: tiny model, seq 64, batch 4")
-    parser.add_argument("--deadline", type=float, help="unix time after which no new configuration starts")
-    parser.add_argument("--out", help="JSON output path")
+    add_peer_arguments(parser)
     parser.add_argument("--spec", help=argparse.SUPPRESS)  # a child process: one TunixSpec as JSON ...
     parser.add_argument("--result", help=argparse.SUPPRESS)  # ... and where its row goes
     args = parser.parse_args(argv)
     if args.tiny:
         args.models, args.seqs, args.batch = ["tiny"], [64], "4"
-    args.steps = args.steps or (2 if args.tiny else 5)
-    args.warmup = (1 if args.tiny else 2) if args.warmup is None else args.warmup
-    unknown = [m for m in args.methods if m not in TUNIX_METHODS]
-    if unknown:
-        parser.error(f"unknown methods {unknown}; tunix runs {list(TUNIX_METHODS)}")
-    return args
+    return finish_peer_arguments(parser, args, TUNIX_METHODS, "tunix")
 
 
 def main(argv=None) -> None:
