@@ -108,19 +108,13 @@ def adapt_on_cpu(model, config):
         return adapt(model, config)
 
 
-def measure(path: str, gsm8k: str, config, examples: int, seq_len: int, lr: float) -> dict:
-    """Everything but --bf16, in float32 (see the module docstring)."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-    from flax import nnx
-
+def model_and_batches(path: str, gsm8k: str, dtype: str, examples: int, seq_len: int):
+    """(model in `dtype`, validation batches, training batches): the first `examples` problems of the runs'
+    validation split (300 held out of GSM8K train, seed 0) and of the rest, as packed rows of `seq_len` tokens."""
     from lowrank_jax.data import evaluation_batches, hold_out, pad_id, read_gsm8k, tokenize_examples
-    from lowrank_jax.evaluation.token_loss_eval import mean_token_loss
-    from lowrank_jax.losses import token_loss
     from lowrank_jax.models import load_pretrained, load_tokenizer
 
-    model, _ = load_pretrained(path, dtype="float32", param_dtype="float32", attention_impl="xla")
+    model, _ = load_pretrained(path, dtype=dtype, param_dtype=dtype, attention_impl="xla")
     tokenizer = load_tokenizer(path)
     train, held = hold_out(read_gsm8k("train", gsm8k), 300, seed=0)
 
@@ -129,7 +123,20 @@ def measure(path: str, gsm8k: str, config, examples: int, seq_len: int, lr: floa
         return list(evaluation_batches(tokenized, global_batch_size=4, seq_len=seq_len, packing=True,
                                        pad_id=pad_id(tokenizer)))
 
-    validation, train_batches = batches(held), batches(train)
+    return model, batches(held), batches(train)
+
+
+def measure(path: str, gsm8k: str, config, examples: int, seq_len: int, lr: float) -> dict:
+    """Everything but --bf16, in float32 (see the module docstring)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from lowrank_jax.evaluation.token_loss_eval import mean_token_loss
+    from lowrank_jax.losses import token_loss
+
+    model, validation, train_batches = model_and_batches(path, gsm8k, "float32", examples, seq_len)
     record = {"loss_before": mean_token_loss(model, validation)[0]}
     adapted = adapt_on_cpu(model, config)
     record["loss_after_init"] = mean_token_loss(adapted, validation)[0]
@@ -162,16 +169,9 @@ def measure(path: str, gsm8k: str, config, examples: int, seq_len: int, lr: floa
 
 def bf16_losses(path: str, gsm8k: str, config, examples: int, seq_len: int) -> tuple[float, float]:
     """(loss before, after the init) with bfloat16 weights and compute, as the runs train."""
-    from lowrank_jax.data import evaluation_batches, hold_out, pad_id, read_gsm8k, tokenize_examples
     from lowrank_jax.evaluation.token_loss_eval import mean_token_loss
-    from lowrank_jax.models import load_pretrained, load_tokenizer
 
-    model, _ = load_pretrained(path, dtype="bfloat16", param_dtype="bfloat16", attention_impl="xla")
-    tokenizer = load_tokenizer(path)
-    _, held = hold_out(read_gsm8k("train", gsm8k), 300, seed=0)
-    tokenized = tokenize_examples(held[:examples], tokenizer, max_length=seq_len, template="alpaca")
-    validation = list(evaluation_batches(tokenized, global_batch_size=4, seq_len=seq_len, packing=True,
-                                         pad_id=pad_id(tokenizer)))
+    model, validation, _ = model_and_batches(path, gsm8k, "bfloat16", examples, seq_len)
     return mean_token_loss(model, validation)[0], mean_token_loss(adapt_on_cpu(model, config), validation)[0]
 
 
