@@ -15,11 +15,14 @@
 #   peft_compile_ckpt  PEFT + torch.compile, checkpointing per layer
 #   liger              PEFT + Liger, no torch.compile, no checkpointing
 #   tunix_none         google-tunix with nothing recomputed
-#   ours_levers        ours_none with OURS_FLAGS added (only when OURS_FLAGS is set)
+#   ours_fused         ours_none with q/k/v and gate/up fused into one GEMM each (--fuse-projections)
+#   ours_chunked_ce    ours_none with the cross-entropy taken in chunks of 1,024 tokens (--loss-chunk-tokens 1024)
+#   ours_levers        ours_none with OURS_FLAGS added (default: both levers above)
+#   ours_lorapro       ours_none's settings, LoRA-Pro's full AdamW (lorapro_adamw, fp32 moments) instead of AdamW
 # A row whose file exists is not run again (rerun the same command to go on); no row starts after BUDGET_S seconds,
 # and the skipped ones are printed with their commands.
 # Settings: RANKS ("8 16"), BATCH (4: every row's first batch), BUDGET_S (400; a row may take 3 more minutes),
-# ROWS (a subset of the row names above), OURS_FLAGS (e.g. "--loss-chunk-tokens 512"), TUNIX_PYTHON (python: the
+# ROWS (a subset of the row names above), OURS_FLAGS (ours_levers' flags), TUNIX_PYTHON (python: the
 # interpreter that has google-tunix); TINY=1 runs the rows with tiny shapes on the CPU (Liger rows: needs_cuda).
 set -euo pipefail
 out=${1:?usage: bench/compare_peers.sh OUTDIR [SHAPE ...]}
@@ -34,8 +37,8 @@ mkdir -p "$out"
 deadline=$(( $(date +%s) + ${BUDGET_S:-400} ))
 tiny=${TINY:+--tiny}
 rows=(${ROWS:-ours_none peft_compile liger_compile flce_compile peft_bf16 tunix ours_preset peft_compile_ckpt liger
-        tunix_none})
-[ -n "${OURS_FLAGS:-}" ] && [ -z "${ROWS:-}" ] && rows+=(ours_levers)
+        tunix_none ours_fused ours_chunked_ce ours_levers ours_lorapro})
+levers=${OURS_FLAGS:---fuse-projections --loss-chunk-tokens 1024}
 ours="python -m bench.train_step --steps 3 --warmup 1 --unrolled --attention cudnn"
 peft="python -m bench.peft_step --steps 3 --warmup 2"
 fast="$peft --compile --no-grad-ckpt"
@@ -46,7 +49,10 @@ command_of() {  # row shape rank -> the row's command (without the deadline)
   case $1 in
     ours_none) echo "$ours --remat none $size" ;;
     ours_preset) echo "$ours --remat dots_with_no_batch_dims_saveable $size" ;;
-    ours_levers) echo "$ours --remat none ${OURS_FLAGS:-} $size" ;;
+    ours_fused) echo "$ours --remat none --fuse-projections $size" ;;
+    ours_chunked_ce) echo "$ours --remat none --loss-chunk-tokens 1024 $size" ;;
+    ours_levers) echo "$ours --remat none $levers $size" ;;
+    ours_lorapro) echo "$ours --remat none ${size/lora-r$3/lorapro_adamw-r$3-fp32}" ;;
     peft_compile) echo "$fast $size" ;;
     liger_compile) echo "$fast --liger all $size" ;;
     flce_compile) echo "$fast --liger flce $size" ;;
@@ -56,7 +62,7 @@ command_of() {  # row shape rank -> the row's command (without the deadline)
     tunix) echo "$tunix --remat decoder $size" ;;
     tunix_none) echo "$tunix --remat none $size" ;;
     *) echo "unknown row $1; rows: ours_none peft_compile liger_compile flce_compile peft_bf16 tunix ours_preset" \
-            "peft_compile_ckpt liger tunix_none ours_levers" >&2; return 2 ;;
+            "peft_compile_ckpt liger tunix_none ours_fused ours_chunked_ce ours_levers ours_lorapro" >&2; return 2 ;;
   esac
 }
 
