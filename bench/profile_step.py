@@ -38,7 +38,7 @@ from bench.train_step import child_environment, parse_list
 CATEGORY_PATTERNS = (  # a kernel takes the first category whose pattern its lower-cased name contains
     ("collective", r"nccl|all[-_]?reduce|all[-_]?gather|reduce[-_]?scatter|all[-_]to[-_]all|collective"),
     ("memcpy", r"memcpy|memset"),
-    ("attention", r"fmha|flash|attention|sdpa"),
+    ("attention", r"fmha|flash|attention|sdpa|dot_do_o"),  # dot_do_o: cuDNN's rowsum(dO·O) of the backward
     ("matmul", r"gemm|cublas|cutlass|xmma|nvjet|(?<![a-z])dot(?![a-z])"),
     ("fusion", r"fusion|loop_|input_|reduce|transpose|convert|copy|broadcast|slice|concatenate|select|iota|scatter"
                r"|gather|softmax"),

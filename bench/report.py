@@ -58,7 +58,8 @@ def ours_vs_peft(rows: list[dict]) -> list[dict]:
     peft = {key(r): r for r in rows if r.get("framework") == PEFT and r["status"] == "ok"}
     pairs = []
     for ours in rows:
-        if ours.get("framework") != OURS or ours["status"] != "ok" or ours.get("scaling_run") or "quantize" in ours:
+        if (ours.get("framework") != OURS or ours["status"] != "ok" or ours.get("scaling_run") or "quantize" in ours
+                or "tokens_per_s" not in ours):  # a profile's row has no throughput
             continue
         theirs = peft.get(key(ours))
         if theirs is None:

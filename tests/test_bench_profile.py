@@ -18,6 +18,7 @@ from bench.profile_step import busy_time, device_kernels, kernel_category, kerne
     ("gemm_fusion_dot_3", "matmul"),
     ("dot.5", "matmul"),
     ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7_64x128x128", "attention"),
+    ("void cudnn::fusion::compute_dot_do_o_specialized<true, 128>(void const*, void const*, void*)", "attention"),
     ("loop_add_fusion", "fusion"),
     ("input_reduce_fusion_2", "fusion"),
     ("loop_dynamic_update_slice_fusion", "fusion"),
