@@ -163,7 +163,10 @@ def run_with_shrinking(model: str, method: str, seq: int, batch: int, args, devi
         finally:
             gc.collect()
             if device.type == "cuda":
-                torch.cuda.empty_cache()
+                try:
+                    torch.cuda.empty_cache()
+                except RuntimeError:  # a kernel fault (illegal memory access) leaves CUDA unusable: keep the row
+                    pass
         if args.no_shrink or batch == 1:
             return dict(framework="pytorch+peft", model=model, method=method, seq=seq, batch=batch, status="oom",
                         error=message)
