@@ -45,8 +45,8 @@ FULL_FT_MODELS = ("llama-3.2-1b", "tiny", "small")  # full fine-tuning of the 7B
 @dataclasses.dataclass(frozen=True)
 class Method:
     """A row of the method table: adapter init (None: full fine-tuning, no adapters), rank, optimizer, LoRA-Pro
-    moment dtype, LoRA+ ratio (B's learning rate / A's; None = off) and the SVD inits' randomized-SVD iterations
-    (None = exact SVD)."""
+    moment dtype, LoRA+ ratio (B's learning rate / A's; None = off), the SVD inits' randomized-SVD iterations
+    (None = exact SVD) and lorapro_adamw's fused step (optimizer.fused_update)."""
 
     adapter: str | None
     rank: int
@@ -54,6 +54,7 @@ class Method:
     moment_dtype: str = "float32"
     loraplus_ratio: float | None = None
     niter: int | None = None
+    fused_update: bool = False
 
 
 # All 7 projections adapted; alpha = 2·rank. SLoRA, NLoRA and LoRA-GA run LoRA's step program (only the init
@@ -70,6 +71,8 @@ METHODS = {
     "lorapro_adamw-r8-bf16": Method("lora", 8, "lorapro_adamw", "bfloat16"),
     "lorapro_adamw-r8-fp32": Method("lora", 8, "lorapro_adamw", "float32"),
     "lorapro_adamw-r16-fp32": Method("lora", 16, "lorapro_adamw", "float32"),
+    "lorapro_adamw-r8-fp32-fused": Method("lora", 8, "lorapro_adamw", "float32", fused_update=True),
+    "lorapro_adamw-r16-fp32-fused": Method("lora", 16, "lorapro_adamw", "float32", fused_update=True),
     "dora-r8": Method("dora", 8, "adamw"),
     "loraplus-r8": Method("lora", 8, "adamw", loraplus_ratio=16.0),
     # LoRA-GA: gradients of the bench's first synthetic batches; randomized SVD as its authors (exact SVD of the

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import statistics
 import sys
 import time
@@ -109,14 +110,17 @@ def time_update(tx, params, grads, iters: int) -> dict:
     return {"update_ms": 1e3 * statistics.median(times), "peak_gib": peak, "status": "ok"}
 
 
-def guarded(fn, *args) -> dict:
-    """fn(*args), or a row saying it ran out of memory."""
+def guarded(fn, *args, failure_row: bool = False) -> dict:
+    """fn(*args), or a row saying it ran out of memory (or, with failure_row, that it failed: a Pallas kernel
+    that does not compile, say)."""
     try:
         return fn(*args)
     except Exception as error:  # XLA raises its own error types for RESOURCE_EXHAUSTED
-        if "RESOURCE_EXHAUSTED" not in str(error) and "out of memory" not in str(error).lower():
-            raise
-        return {"status": "OOM"}
+        if "RESOURCE_EXHAUSTED" in str(error) or "out of memory" in str(error).lower():
+            return {"status": "OOM"}
+        if failure_row:
+            return {"status": "error", "error": f"{type(error).__name__}: {error}".splitlines()[0]}
+        raise
 
 
 def timings(shape: dict, rank: int, iters: int, moment_dtypes: list[str]) -> list[dict]:
@@ -124,9 +128,10 @@ def timings(shape: dict, rank: int, iters: int, moment_dtypes: list[str]) -> lis
     rows = [{"optimizer": "optax.adamw", **time_update(optax.adamw(LEARNING_RATE), params, grads, iters)}]
     chain = optax.chain(lorapro(scale=SCALE), optax.adamw(LEARNING_RATE))
     rows.append({"optimizer": "lorapro()+adamw", **guarded(time_update, chain, params, grads, iters)})
-    for dtype in moment_dtypes:
-        tx = lorapro_adamw(LEARNING_RATE, scale=SCALE, moment_dtype=jnp.dtype(dtype))
-        rows.append({"optimizer": "lorapro_adamw", "moments": dtype, **guarded(time_update, tx, params, grads, iters)})
+    for dtype, fused in itertools.product(moment_dtypes, (False, True)):
+        tx = lorapro_adamw(LEARNING_RATE, scale=SCALE, moment_dtype=jnp.dtype(dtype), fused_update=fused)
+        rows.append({"optimizer": "lorapro_adamw, fused" if fused else "lorapro_adamw", "moments": dtype,
+                     **guarded(time_update, tx, params, grads, iters, failure_row=fused)})
     return rows
 
 

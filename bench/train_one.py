@@ -116,7 +116,8 @@ def run_config(spec: RunSpec):
                                  learning_rate=spec.learning_rate)}
     config = run_configs.get_config(None, method=method.adapter, settings=settings, optimizer=method.optimizer,
                                     trainable="adapters" if method.adapter else "all")
-    config.optimizer.update(moment_dtype=method.moment_dtype, loraplus_ratio=method.loraplus_ratio)
+    config.optimizer.update(moment_dtype=method.moment_dtype, loraplus_ratio=method.loraplus_ratio,
+                            fused_update=method.fused_update)
     return config
 
 

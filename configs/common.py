@@ -79,6 +79,7 @@ def get_config(preset, *, method, settings, optimizer="adamw", trainable="adapte
         x_mode="sylvester",       # LoRA-Pro's free r x r matrix
         delta=1e-8,
         moment_dtype="float32",   # lorapro_adamw's full-size moments
+        fused_update=False,       # lorapro_adamw: its kernel-space Adam step as one Pallas kernel (one GPU)
         loraplus_ratio=config_dict.placeholder(float),  # LoRA+: B's learning rate / A's (the paper: 16); None = off
     ))
     c.data = ml_collections.ConfigDict(dict(

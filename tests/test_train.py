@@ -193,6 +193,7 @@ def test_unrolled_layers_train_like_scanned_ones(data_dir, tmp_path, module, opt
     ({"model.attention_impl": "flash"}, "model.attention_impl"),
     ({"model.attention_impl": "cudnn", "model.dtype": "float32"}, "bfloat16"),
     ({"train.loss_chunk_tokens": -1}, "train.loss_chunk_tokens"),
+    ({"optimizer.fused_update": True}, "optimizer.fused_update"),
 ])
 def test_bad_configs_fail_before_loading(data_dir, tmp_path, overrides, message):
     with pytest.raises(ValueError if "path" not in str(overrides) else FileNotFoundError, match=message):

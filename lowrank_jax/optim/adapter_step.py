@@ -52,12 +52,10 @@ def adjust_factors(factors: dict, grads: dict, *, scale, x_mode: str, delta: flo
     )
 
 
-def first_order_change(factors: dict, steps: dict, *, scale) -> jax.Array:
-    """s·(da m b + a dm b + a m db) (in, out): how ΔK moves, to first order, when the factors move by ``steps``.
-
-    Absent steps (frozen factors) and an absent lora_m (two-factor adapters) drop out. One (in, k)@(k, out)
-    matmul with k ≤ 2r. Returns float32 or wider.
-    """
+def first_order_factors(factors: dict, steps: dict) -> tuple[jax.Array, jax.Array]:
+    """(left (in, k), right (k, out)), k ≤ 2r, with left @ right = da m b + a dm b + a m db: how ΔK / s moves, to
+    first order, when the factors move by ``steps``. Absent steps (frozen factors) and an absent lora_m (two-factor
+    adapters) drop out. Float32 or wider."""
     factors, steps = _upcast(factors, steps)
     a, b, m = factors["lora_a"], factors["lora_b"], factors.get("lora_m")
     left, right, inner = [], [], []
@@ -71,8 +69,14 @@ def first_order_change(factors: dict, steps: dict, *, scale) -> jax.Array:
     if inner:
         left.append(a)
         right.append(inner[0] if len(inner) == 1 else inner[0] + inner[1])
-    dtype = a.dtype
-    return jnp.asarray(scale, dtype) * matmul(jnp.concatenate(left, axis=-1), jnp.concatenate(right, axis=-2))
+    return jnp.concatenate(left, axis=-1), jnp.concatenate(right, axis=-2)
+
+
+def first_order_change(factors: dict, steps: dict, *, scale) -> jax.Array:
+    """s·(da m b + a dm b + a m db) (in, out): how ΔK moves, to first order, when the factors move by ``steps``;
+    one (in, k)@(k, out) matmul of first_order_factors. Returns float32 or wider."""
+    left, right = first_order_factors(factors, steps)
+    return jnp.asarray(scale, left.dtype) * matmul(left, right)
 
 
 def pull_back(factors: dict, direction: jax.Array, names, *, scale) -> dict:
@@ -88,17 +92,24 @@ def pull_back(factors: dict, direction: jax.Array, names, *, scale) -> dict:
       dict name -> array shaped like that factor, float32 or wider.
     """
     factors, direction = _upcast(factors, {"u": direction})
-    a, b, m, u = factors["lora_a"], factors["lora_b"], factors.get("lora_m"), direction["u"]
-    s = jnp.asarray(scale, u.dtype)
+    a, b, u = factors["lora_a"], factors["lora_b"], direction["u"]
+    u_bt = matmul(u, b.T) if "lora_a" in names or "lora_m" in names else None
+    at_u = matmul(a.T, u) if "lora_b" in names else None
+    return pulled_gradients(factors, u_bt, at_u, names, scale=scale)
+
+
+def pulled_gradients(factors: dict, u_bt, at_u, names, *, scale) -> dict:
+    """pull_back's gradients from the direction's two contractions U bᵀ (in, r) and aᵀ U (r, out) (either may be
+    None when ``names`` does not need it)."""
+    (factors,) = _upcast(factors)
+    a, m = factors["lora_a"], factors.get("lora_m")
+    s = jnp.asarray(scale, a.dtype)
     out = {}
-    if "lora_a" in names or "lora_m" in names:
-        u_bt = matmul(u, b.T)
-        if "lora_a" in names:
-            out["lora_a"] = s * (u_bt if m is None else matmul(u_bt, m.T))
-        if "lora_m" in names:
-            out["lora_m"] = s * matmul(a.T, u_bt)
+    if "lora_a" in names:
+        out["lora_a"] = s * (u_bt if m is None else matmul(u_bt, m.T))
+    if "lora_m" in names:
+        out["lora_m"] = s * matmul(a.T, u_bt)
     if "lora_b" in names:
-        at_u = matmul(a.T, u)
         out["lora_b"] = s * (at_u if m is None else matmul(m.T, at_u))
     return out
 

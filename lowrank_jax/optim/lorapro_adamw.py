@@ -8,7 +8,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lowrank_jax.optim.adapter_step import adjust_factors, first_order_change, pull_back
+from lowrank_jax.optim.adapter_step import (
+    adjust_factors,
+    first_order_change,
+    first_order_factors,
+    pull_back,
+    pulled_gradients,
+)
 from lowrank_jax.optim.adapter_tree import (
     Adapter,
     check_scale_option,
@@ -23,6 +29,8 @@ from lowrank_jax.optim.adapter_tree import (
     with_value,
 )
 from lowrank_jax.optim.adjust import check_x_mode
+from lowrank_jax.optim.fused_kernel_adam import fits_fused_kernel, kernel_adam_pullback
+from lowrank_jax.optim.linalg import compute_dtype
 from lowrank_jax.optim.lorapro import check_delta, check_found
 from lowrank_jax.optim.moments import kernel_moment_zeros, leaf_moment_zeros
 
@@ -71,6 +79,7 @@ def lorapro_adamw(
     delta: float = 1e-8,
     moment_dtype=jnp.float32,
     frozen_factors=None,
+    fused_update: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """LoRA-Pro AdamW, the paper's Algorithm 2 ("full" mode), per adapter (ΔK = s·a@b, Flax layout):
 
@@ -104,6 +113,10 @@ def lorapro_adamw(
         factors, e.g. nnx.state(model, FrozenFactor); ``init`` reads their shapes and shardings (not their
         values) to size the moments. Pass the values to every update as well:
         ``update(grads, state, params, frozen_factors=...)``.
+      fused_update: steps 1–4's kernel-space work as one Pallas kernel per adapter (fused_kernel_adam.py): the
+        moments read and written once, g̃ and U never stored. One GPU only (interpreted on CPUs); adapters whose
+        (in, out) are not multiples of 128, and float64 factors, keep the unfused step. Same numbers up to float32
+        round-off.
 
     Returns:
       An optax.GradientTransformationExtraArgs with LoraProAdamWState.
@@ -124,6 +137,12 @@ def lorapro_adamw(
     moment_dtype = jnp.dtype(moment_dtype)
     if not jnp.issubdtype(moment_dtype, jnp.floating):
         raise ValueError(f"moment_dtype={moment_dtype} must be a floating dtype, e.g. jnp.float32 or jnp.bfloat16.")
+    backend = jax.default_backend()
+    if fused_update and (backend not in ("gpu", "cpu") or (backend == "gpu" and jax.device_count() > 1)):
+        raise ValueError(
+            f"lorapro_adamw(fused_update=True) runs on one GPU (or CPUs, interpreted); this process sees "
+            f"{jax.device_count()} {backend} device(s). Leave fused_update=False there: on a mesh of GPUs the "
+            "kernel would gather the sharded moments, while the unfused step keeps them sharded.")
     frozen_shapes = leaves_by_path(_abstract(frozen_factors))
 
     def init(params):
@@ -148,8 +167,15 @@ def lorapro_adamw(
 
     def adapter_update(factors, grads, mu, nu, s, lr, bias_1, bias_2):
         steps = adjust_factors(factors, grads, scale=s, x_mode="zero", delta=delta)
-        mu, nu, direction = adam(mu, nu, first_order_change(factors, steps, scale=s), bias_1, bias_2)
-        pulled = pull_back(factors, direction, tuple(grads), scale=s)
+        if fused_update and fits_fused_kernel(*mu.shape) and compute_dtype(*factors.values()) == jnp.float32:
+            left, right = first_order_factors(factors, steps)
+            mu, nu, u_bt, at_u = kernel_adam_pullback(
+                jnp.asarray(s, left.dtype) * left, right, factors["lora_a"], factors["lora_b"], mu, nu,
+                jnp.stack([bias_1, bias_2]).astype(jnp.float32), b1=b1, b2=b2, eps=eps)
+            pulled = pulled_gradients(factors, u_bt, at_u, tuple(grads), scale=s)
+        else:
+            mu, nu, direction = adam(mu, nu, first_order_change(factors, steps, scale=s), bias_1, bias_2)
+            pulled = pull_back(factors, direction, tuple(grads), scale=s)
         adjusted = adjust_factors(factors, pulled, scale=s, x_mode=x_mode, delta=delta)
         updates = {
             name: -lr * (adjusted[name] + weight_decay * factors[name].astype(adjusted[name].dtype)) for name in grads

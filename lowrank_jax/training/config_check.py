@@ -91,6 +91,8 @@ def check_config(config: ml_collections.ConfigDict) -> str:
     _require(o.schedule in SCHEDULES, f"optimizer.schedule={o.schedule!r}: choose one of {SCHEDULES}")
     _require(o.learning_rate > 0, f"optimizer.learning_rate={o.learning_rate} must be > 0")
     _require(0 <= o.warmup_ratio < 1, f"optimizer.warmup_ratio={o.warmup_ratio} must be in [0, 1)")
+    _require(not o.fused_update or o.name == "lorapro_adamw", f"optimizer.fused_update fuses lorapro_adamw's step, "
+             f"but optimizer.name={o.name!r}; set optimizer.name='lorapro_adamw' or fused_update=False")
     _require(o.moment_dtype in MOMENT_DTYPES,
              f"optimizer.moment_dtype={o.moment_dtype!r}: use one of {MOMENT_DTYPES}")
     _require(t.steps > 0 or d.epochs > 0, "set train.steps > 0 or data.epochs > 0")

@@ -53,7 +53,8 @@ def build_optimizer(cfg: ml_collections.ConfigDict, total_steps: int,
     elif cfg.name == "lorapro_adamw":
         core = lorapro_adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                              weight_decay=cfg.weight_decay, x_mode=cfg.x_mode, delta=cfg.delta,
-                             moment_dtype=jnp.dtype(cfg.moment_dtype), frozen_factors=frozen_factors)
+                             moment_dtype=jnp.dtype(cfg.moment_dtype), frozen_factors=frozen_factors,
+                             fused_update=cfg.fused_update)
     else:
         raise ValueError(f"optimizer.name={cfg.name!r} is unknown; choose one of {OPTIMIZERS}")
     core = with_loraplus(core, cfg.loraplus_ratio)

@@ -1,0 +1,107 @@
+"""lorapro_adamw's kernel-space Adam step in one pass over the moments (a Pallas kernel).
+
+Per adapter the unfused step writes the equivalent gradient g̃ (in, out), reads it with the two moments, writes
+the moments and the direction U (in, out), then reads U twice for the pull-back U bᵀ and aᵀ U: about 36 bytes per
+base weight with float32 moments. Here each (in, out) tile forms g̃ = left @ right from the low-rank factors in
+registers, updates the moments in place and contracts U with b and a at once, so the moments are read and written
+once (16 bytes per weight) and g̃ and U never reach memory. Tiles' partial U bᵀ and aᵀ U are summed afterwards.
+
+On GPUs the kernel compiles through Triton; on CPUs it runs interpreted (for tests: slow, same numbers).
+"""
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+TILE = 128  # rows and columns of the (in, out) tile one program updates
+DOT_MIN = 16  # Triton's smallest matmul dimension: k and r are zero-padded up to multiples of it
+
+
+def fits_fused_kernel(in_dim: int, out_dim: int) -> bool:
+    """Whether an (in, out) kernel splits into whole tiles (else the unfused step runs).
+
+    >>> fits_fused_kernel(4096, 14336), fits_fused_kernel(4096, 100)
+    (True, False)
+    """
+    return in_dim % TILE == 0 and out_dim % TILE == 0
+
+
+def _pad(x: jax.Array, axis: int) -> jax.Array:
+    extra = -x.shape[axis] % DOT_MIN
+    if not extra:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, extra)
+    return jnp.pad(x, widths)
+
+
+def kernel_adam_pullback(left, right, a, b, mu, nu, bias, *, b1: float, b2: float, eps: float):
+    """Adam on g̃ = left @ right and the pull-back of its direction, in one pass over the moments.
+
+    m ← b1·m + (1−b1)·g̃;  v ← b2·v + (1−b2)·g̃²;  U = (m / bias[0]) / (√(v / bias[1]) + eps), then U bᵀ and aᵀ U,
+    as lorapro_adamw's unfused step (float32 arithmetic, full-precision matmuls).
+
+    Args:
+      left: (in, k), right: (k, out), float32: the equivalent gradient's factors (the scale folded in).
+      a: (in, r), b: (r, out): the adapter's lora_a and lora_b (lora_m's products folded in by the caller).
+      mu, nu: (in, out) moments, any float dtype; returned in the same dtype.
+      bias: (2,) float32, Adam's bias corrections 1 − b1ᵗ and 1 − b2ᵗ.
+      b1, b2, eps: Adam's constants.
+
+    Returns:
+      (mu, nu, u_bt (in, r), at_u (r, out)); u_bt and at_u in float32.
+
+    Example:
+      >>> import numpy as np
+      >>> rng = np.random.default_rng(0)
+      >>> left, right = jnp.asarray(rng.normal(size=(128, 16)), jnp.float32), jnp.ones((16, 128))
+      >>> a, b = jnp.ones((128, 8)), jnp.ones((8, 128))
+      >>> mu, nu, u_bt, at_u = kernel_adam_pullback(left, right, a, b, jnp.zeros((128, 128)),
+      ...     jnp.zeros((128, 128)), jnp.asarray([0.1, 0.001]), b1=0.9, b2=0.999, eps=1e-8)
+      >>> u_bt.shape, at_u.shape, bool(jnp.allclose(at_u, 128.0))   # first step: U = sign(g̃)·1
+      ((128, 8), (8, 128), True)
+    """
+    (in_dim, out_dim), rank = mu.shape, a.shape[-1]
+    if not fits_fused_kernel(in_dim, out_dim):
+        raise ValueError(f"the fused LoRA-Pro step needs in and out dims divisible by {TILE}; got {mu.shape}.")
+    left, right = _pad(left.astype(jnp.float32), 1), _pad(right.astype(jnp.float32), 0)
+    a_t, b_t = _pad(a.astype(jnp.float32).T, 0), _pad(b.astype(jnp.float32).T, 1)  # (r', in), (out, r')
+    k, r = left.shape[1], a_t.shape[0]
+    grid = (in_dim // TILE, out_dim // TILE)
+    highest = jax.lax.Precision.HIGHEST
+
+    def tile_step(bias_ref, left_ref, right_ref, a_t_ref, b_t_ref, mu_ref, nu_ref, mu_out, nu_out, u_bt_out,
+                  at_u_out):
+        g = jnp.dot(left_ref[...], right_ref[...], precision=highest)
+        m = b1 * mu_ref[...].astype(jnp.float32) + (1 - b1) * g
+        v = b2 * nu_ref[...].astype(jnp.float32) + (1 - b2) * jnp.square(g)
+        u = (m / bias_ref[0]) / (jnp.sqrt(v / bias_ref[1]) + eps)
+        mu_out[...] = m.astype(mu_out.dtype)
+        nu_out[...] = v.astype(nu_out.dtype)
+        u_bt_out[...] = jnp.dot(u, b_t_ref[...], precision=highest)
+        at_u_out[...] = jnp.dot(a_t_ref[...], u, precision=highest)
+
+    tile = lambda i, j: (i, j)  # noqa: E731
+    mu, nu, u_bt, at_u = pl.pallas_call(
+        tile_step,
+        grid=grid,
+        in_specs=[pl.BlockSpec((2,), lambda i, j: (0,)),
+                  pl.BlockSpec((TILE, k), lambda i, j: (i, 0)),
+                  pl.BlockSpec((k, TILE), lambda i, j: (0, j)),
+                  pl.BlockSpec((r, TILE), lambda i, j: (0, i)),
+                  pl.BlockSpec((TILE, r), lambda i, j: (j, 0)),
+                  pl.BlockSpec((TILE, TILE), tile),
+                  pl.BlockSpec((TILE, TILE), tile)],
+        out_specs=[pl.BlockSpec((TILE, TILE), tile),
+                   pl.BlockSpec((TILE, TILE), tile),
+                   pl.BlockSpec((pl.squeezed, TILE, r), lambda i, j: (j, i, 0)),
+                   pl.BlockSpec((pl.squeezed, r, TILE), lambda i, j: (i, 0, j))],
+        out_shape=[jax.ShapeDtypeStruct(mu.shape, mu.dtype),
+                   jax.ShapeDtypeStruct(nu.shape, nu.dtype),
+                   jax.ShapeDtypeStruct((grid[1], in_dim, r), jnp.float32),  # one partial U bᵀ per column tile
+                   jax.ShapeDtypeStruct((grid[0], r, out_dim), jnp.float32)],  # one partial aᵀ U per row tile
+        input_output_aliases={5: 0, 6: 1},  # the moments are updated in place
+        interpret=jax.default_backend() == "cpu",
+        name="lorapro_kernel_adam",
+    )(jnp.asarray(bias, jnp.float32), left, right, a_t, b_t, mu, nu)
+    return mu, nu, u_bt.sum(0)[:, :rank], at_u.sum(0)[:rank, :]
