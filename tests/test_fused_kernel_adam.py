@@ -87,3 +87,15 @@ def test_fused_update_refuses_several_gpus(monkeypatch):
     monkeypatch.setattr(jax, "device_count", lambda: 2)
     with pytest.raises(ValueError, match="fused_update=False"):
         lorapro_adamw(1e-2, fused_update=True)
+
+
+def test_kernel_lowers_to_triton_for_gpus():
+    """The GPU path's Pallas-to-Triton lowering runs here too (no GPU needed): the kernel's loads, scalar reads and
+    matmul shapes are all ones Triton accepts."""
+    shape = jax.ShapeDtypeStruct
+    step = jax.jit(lambda *x: kernel_adam_pullback(*x, b1=B1, b2=B2, eps=EPS, interpret=False))
+    lowered = step.trace(shape((256, 16), jnp.float32), shape((16, 384), jnp.float32), shape((256, 8), jnp.float32),
+                         shape((8, 384), jnp.float32), shape((256, 384), jnp.bfloat16),
+                         shape((256, 384), jnp.bfloat16), shape((2,), jnp.float32)
+                         ).lower(lowering_platforms=("cuda",)).as_text()
+    assert lowered.count("xla.gpu.triton") == 1 and "num_warps = 8" in lowered

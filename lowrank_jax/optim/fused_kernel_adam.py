@@ -12,9 +12,11 @@ On GPUs the kernel compiles through Triton; on CPUs it runs interpreted (for tes
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
 
 TILE = 128  # rows and columns of the (in, out) tile one program updates
 DOT_MIN = 16  # Triton's smallest matmul dimension: k and r are zero-padded up to multiples of it
+WARPS = 8  # 256 threads per tile: the tile's g̃, m and v (3 × 16,384 floats) stay in registers
 
 
 def fits_fused_kernel(in_dim: int, out_dim: int) -> bool:
@@ -35,7 +37,8 @@ def _pad(x: jax.Array, axis: int) -> jax.Array:
     return jnp.pad(x, widths)
 
 
-def kernel_adam_pullback(left, right, a, b, mu, nu, bias, *, b1: float, b2: float, eps: float):
+def kernel_adam_pullback(left, right, a, b, mu, nu, bias, *, b1: float, b2: float, eps: float,
+                         interpret: bool | None = None):
     """Adam on g̃ = left @ right and the pull-back of its direction, in one pass over the moments.
 
     m ← b1·m + (1−b1)·g̃;  v ← b2·v + (1−b2)·g̃²;  U = (m / bias[0]) / (√(v / bias[1]) + eps), then U bᵀ and aᵀ U,
@@ -47,6 +50,7 @@ def kernel_adam_pullback(left, right, a, b, mu, nu, bias, *, b1: float, b2: floa
       mu, nu: (in, out) moments, any float dtype; returned in the same dtype.
       bias: (2,) float32, Adam's bias corrections 1 − b1ᵗ and 1 − b2ᵗ.
       b1, b2, eps: Adam's constants.
+      interpret: run the kernel interpreted (None: on CPUs only).
 
     Returns:
       (mu, nu, u_bt (in, r), at_u (r, out)); u_bt and at_u in float32.
@@ -101,7 +105,8 @@ def kernel_adam_pullback(left, right, a, b, mu, nu, bias, *, b1: float, b2: floa
                    jax.ShapeDtypeStruct((grid[1], in_dim, r), jnp.float32),  # one partial U bᵀ per column tile
                    jax.ShapeDtypeStruct((grid[0], r, out_dim), jnp.float32)],  # one partial aᵀ U per row tile
         input_output_aliases={5: 0, 6: 1},  # the moments are updated in place
-        interpret=jax.default_backend() == "cpu",
+        interpret=jax.default_backend() == "cpu" if interpret is None else interpret,
+        compiler_params=plgpu.CompilerParams(num_warps=WARPS),
         name="lorapro_kernel_adam",
     )(jnp.asarray(bias, jnp.float32), left, right, a_t, b_t, mu, nu)
     return mu, nu, u_bt.sum(0)[:, :rank], at_u.sum(0)[:rank, :]
