@@ -64,7 +64,8 @@ command_of() {  # row shape rank -> the row's command (without the deadline)
     tunix) echo "$tunix --remat decoder $size" ;;
     tunix_none) echo "$tunix --remat none $size" ;;
     *) echo "unknown row $1; rows: ours_none peft_compile liger_compile flce_compile peft_bf16 tunix ours_preset" \
-            "peft_compile_ckpt liger tunix_none ours_fused ours_chunked_ce ours_levers ours_lorapro ours_lorapro_fused" >&2; return 2 ;;
+            "peft_compile_ckpt liger tunix_none ours_fused ours_chunked_ce ours_levers ours_lorapro" \
+            "ours_lorapro_fused" >&2; return 2 ;;
   esac
 }
 

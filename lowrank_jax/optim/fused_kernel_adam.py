@@ -28,6 +28,16 @@ def fits_fused_kernel(in_dim: int, out_dim: int) -> bool:
     return in_dim % TILE == 0 and out_dim % TILE == 0
 
 
+def check_fused_kernel_devices() -> None:
+    """Refuses several GPUs (the kernel would gather moments sharded over them) and other platforms."""
+    backend = jax.default_backend()
+    if backend not in ("gpu", "cpu") or (backend == "gpu" and jax.device_count() > 1):
+        raise ValueError(
+            f"lorapro_adamw(fused_update=True) runs on one GPU (or CPUs, interpreted); this process sees "
+            f"{jax.device_count()} {backend} device(s). Leave fused_update=False there: on a mesh of GPUs the "
+            "kernel would gather the sharded moments, while the unfused step keeps them sharded.")
+
+
 def _pad(x: jax.Array, axis: int) -> jax.Array:
     extra = -x.shape[axis] % DOT_MIN
     if not extra:

@@ -29,7 +29,7 @@ from lowrank_jax.optim.adapter_tree import (
     with_value,
 )
 from lowrank_jax.optim.adjust import check_x_mode
-from lowrank_jax.optim.fused_kernel_adam import fits_fused_kernel, kernel_adam_pullback
+from lowrank_jax.optim.fused_kernel_adam import check_fused_kernel_devices, fits_fused_kernel, kernel_adam_pullback
 from lowrank_jax.optim.linalg import compute_dtype
 from lowrank_jax.optim.lorapro import check_delta, check_found
 from lowrank_jax.optim.moments import kernel_moment_zeros, leaf_moment_zeros
@@ -137,12 +137,8 @@ def lorapro_adamw(
     moment_dtype = jnp.dtype(moment_dtype)
     if not jnp.issubdtype(moment_dtype, jnp.floating):
         raise ValueError(f"moment_dtype={moment_dtype} must be a floating dtype, e.g. jnp.float32 or jnp.bfloat16.")
-    backend = jax.default_backend()
-    if fused_update and (backend not in ("gpu", "cpu") or (backend == "gpu" and jax.device_count() > 1)):
-        raise ValueError(
-            f"lorapro_adamw(fused_update=True) runs on one GPU (or CPUs, interpreted); this process sees "
-            f"{jax.device_count()} {backend} device(s). Leave fused_update=False there: on a mesh of GPUs the "
-            "kernel would gather the sharded moments, while the unfused step keeps them sharded.")
+    if fused_update:
+        check_fused_kernel_devices()
     frozen_shapes = leaves_by_path(_abstract(frozen_factors))
 
     def init(params):
