@@ -97,9 +97,11 @@ def effective_change(before, after, kernels: dict[str, np.ndarray]) -> dict[str,
     return out
 
 
-def adapt_on_cpu(model, config):
-    """`adapt`, its init run op by op: jaxlib 0.10.2's CPU LAPACK kernels can deadlock when two batched ones run at
-    once (nystrom's QR and triangular solve at r = 128 on 2 cores), which jit's concurrent scheduling allows."""
+def adapt_op_by_op(model, config):
+    """`adapt` with its init run op by op (`jax.disable_jit`), as the results in experiments/results/*/init_gradients/
+    were measured. Jitted, nystrom's float32 factors round differently; where M0 is ill-conditioned (Qwen2.5-0.5B's
+    k/v at r = 128) that moves some k/v statistics in their third digit and the bfloat16 loss at init from 1.579 to
+    1.640 (one thread) or 1.653 (two)."""
     import jax
 
     from lowrank_jax import adapt
@@ -138,7 +140,7 @@ def measure(path: str, gsm8k: str, config, examples: int, seq_len: int, lr: floa
 
     model, validation, train_batches = model_and_batches(path, gsm8k, "float32", examples, seq_len)
     record = {"loss_before": mean_token_loss(model, validation)[0]}
-    adapted = adapt_on_cpu(model, config)
+    adapted = adapt_op_by_op(model, config)
     record["loss_after_init"] = mean_token_loss(adapted, validation)[0]
     record["factors"] = factor_statistics(model, adapted, config.rank)
 
@@ -172,7 +174,7 @@ def bf16_losses(path: str, gsm8k: str, config, examples: int, seq_len: int) -> t
     from lowrank_jax.evaluation.token_loss_eval import mean_token_loss
 
     model, validation, _ = model_and_batches(path, gsm8k, "bfloat16", examples, seq_len)
-    return mean_token_loss(model, validation)[0], mean_token_loss(adapt_on_cpu(model, config), validation)[0]
+    return mean_token_loss(model, validation)[0], mean_token_loss(adapt_op_by_op(model, config), validation)[0]
 
 
 def print_tables(record: dict) -> None:

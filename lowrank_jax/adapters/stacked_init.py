@@ -1,4 +1,5 @@
-"""Runs a registered init on every layer slice of a (…, in, out) kernel at once: one jit, vmap over the slices.
+"""Runs a registered init on every layer slice of a (…, in, out) kernel in one jit: vmap over the slices, or on the
+CPU a loop over them (see `init_stacked`).
 
 The kernel is upcast to float32 (float64 stays) on device; factors come back in the adapter dtype, the residual
 kernel in the base's dtype.
@@ -28,6 +29,12 @@ def init_stacked(kernel: jax.Array, key: jax.Array, rank: int, scale: float, con
     inits preserve the output to fp32 rounding) and at the backend's default (TF32 on GPUs) for bf16/fp16 bases,
     whose storage rounding is larger anyway.
 
+    On the CPU the slices run one after another (`lax.map`), elsewhere batched (`vmap`); each slice's factors are
+    the same either way. jaxlib 0.10's CPU LAPACK kernels (QR, triangular solve, SVD, …) split a batch of matrices
+    into tasks on XLA's intra-op thread pool and block their pool thread until the tasks finish, so as many batched
+    LAPACK calls running at once as the pool has threads (nystrom's Q and R⁻ᵀ at r = 128 on two cores) wait on each
+    other forever; a single matrix runs on the calling thread.
+
     Returns:
         InitFactors with the stack axes leading: lora_a (…, in, r), lora_m (…, r, r) or None, lora_b (…, r, out),
         kernel (…, in, out) or None.
@@ -55,7 +62,11 @@ def init_stacked(kernel: jax.Array, key: jax.Array, rank: int, scale: float, con
     gradients = () if gradient is None else (gradient.reshape(flat.shape),)
     precision = "highest" if jnp.dtype(kernel.dtype).itemsize >= 4 else "default"
     with jax.default_matmul_precision(precision):
-        factors = jax.vmap(one)(flat, keys, *gradients)
+        factors = jax.lax.platform_dependent(
+            flat, keys, *gradients,
+            cpu=lambda *slices: jax.lax.map(lambda args: one(*args), slices),
+            default=jax.vmap(one),
+        )
     adapter_dtype = jnp.dtype(config.dtype)
 
     def restack(array, dtype):
