@@ -15,6 +15,7 @@
 #   peft_compile_ckpt  PEFT + torch.compile, checkpointing per layer
 #   liger              PEFT + Liger, no torch.compile, no checkpointing
 #   tunix_none         google-tunix with nothing recomputed
+#   ours_bf16          ours_none with bf16 adapter parameters, as peft_bf16 (--adapter-dtype bfloat16)
 #   ours_fused         ours_none with q/k/v and gate/up fused into one GEMM each (--fuse-projections)
 #   ours_chunked_ce    ours_none with the cross-entropy taken in chunks of 1,024 tokens (--loss-chunk-tokens 1024)
 #   ours_levers        ours_none with OURS_FLAGS added (default: both levers above)
@@ -38,7 +39,7 @@ mkdir -p "$out"
 deadline=$(( $(date +%s) + ${BUDGET_S:-400} ))
 tiny=${TINY:+--tiny}
 rows=(${ROWS:-ours_none peft_compile liger_compile flce_compile peft_bf16 tunix ours_preset peft_compile_ckpt liger
-        tunix_none ours_fused ours_chunked_ce ours_levers ours_lorapro ours_lorapro_fused})
+        tunix_none ours_bf16 ours_fused ours_chunked_ce ours_levers ours_lorapro ours_lorapro_fused})
 levers=${OURS_FLAGS:---fuse-projections --loss-chunk-tokens 1024}
 ours="python -m bench.train_step --steps 3 --warmup 1 --unrolled --attention cudnn"
 peft="python -m bench.peft_step --steps 3 --warmup 2"
@@ -50,6 +51,7 @@ command_of() {  # row shape rank -> the row's command (without the deadline)
   case $1 in
     ours_none) echo "$ours --remat none $size" ;;
     ours_preset) echo "$ours --remat dots_with_no_batch_dims_saveable $size" ;;
+    ours_bf16) echo "$ours --remat none --adapter-dtype bfloat16 $size" ;;
     ours_fused) echo "$ours --remat none --fuse-projections $size" ;;
     ours_chunked_ce) echo "$ours --remat none --loss-chunk-tokens 1024 $size" ;;
     ours_levers) echo "$ours --remat none $levers $size" ;;
@@ -64,7 +66,7 @@ command_of() {  # row shape rank -> the row's command (without the deadline)
     tunix) echo "$tunix --remat decoder $size" ;;
     tunix_none) echo "$tunix --remat none $size" ;;
     *) echo "unknown row $1; rows: ours_none peft_compile liger_compile flce_compile peft_bf16 tunix ours_preset" \
-            "peft_compile_ckpt liger tunix_none ours_fused ours_chunked_ce ours_levers ours_lorapro" \
+            "peft_compile_ckpt liger tunix_none ours_bf16 ours_fused ours_chunked_ce ours_levers ours_lorapro" \
             "ours_lorapro_fused" >&2; return 2 ;;
   esac
 }
