@@ -31,7 +31,7 @@ MAY_CHANGE = (
     "train.log_every", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
     "train.export_peft", "train.export_merged", "eval", "data.test",
     "data.grad_accum", "mesh", "distributed", "model.attention_impl", "model.remat", "train.loss_chunk_tokens",
-    "model.fuse_projections",
+    "model.fuse_projections", "optimizer.fused_update",
     "train.device_memory_gib",
 )
 
