@@ -16,7 +16,7 @@ from jax.experimental.pallas import triton as plgpu
 
 TILE = 128  # rows and columns of the (in, out) tile one program updates
 DOT_MIN = 16  # Triton's smallest matmul dimension: k and r are zero-padded up to multiples of it
-WARPS = 8  # 256 threads per tile: the tile's g̃, m and v (3 × 16,384 floats) stay in registers
+WARPS = 8  # 256 threads per tile, so that its g̃, m and v (3 × 16,384 floats) can stay in registers
 
 
 def fits_fused_kernel(in_dim: int, out_dim: int) -> bool:
