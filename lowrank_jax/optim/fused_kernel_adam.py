@@ -11,8 +11,6 @@ On GPUs the kernel compiles through Triton; on CPUs it runs interpreted (for tes
 
 import jax
 import jax.numpy as jnp
-from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as plgpu
 
 TILE = 128  # rows and columns of the (in, out) tile one program updates
 DOT_MIN = 16  # Triton's smallest matmul dimension: k and r are zero-padded up to multiples of it
@@ -72,6 +70,9 @@ def kernel_adam_pullback(left, right, a, b, mu, nu, bias, *, b1: float, b2: floa
       >>> u_bt.shape, at_u.shape, bool(jnp.allclose(at_u, 128.0))   # first step: U = g̃ / |g̃| = 1
       ((128, 8), (8, 128), True)
     """
+    from jax.experimental import pallas as pl  # here, not at import: the fused step is opt-in
+    from jax.experimental.pallas import triton as plgpu
+
     (in_dim, out_dim), rank = mu.shape, a.shape[-1]
     if not fits_fused_kernel(in_dim, out_dim):
         raise ValueError(f"the fused LoRA-Pro step needs in and out dims divisible by {TILE}; got {mu.shape}.")
