@@ -46,7 +46,9 @@ ARMS = {arm.name: arm for arm in (
     Arm("full", "full_llama", {}, 1.25e-4, "lorapro", slots=2),
     Arm("lora-r128", "lora_llama", R128, 1e-3, "nlora"),
     Arm("nlora-r128", "nlora_llama", R128, 5e-4, "nlora"),
-    Arm("lorapro_adamw-r8", "lorapro_llama", {**R8, "optimizer.name": "lorapro_adamw"}, 2e-3, "lorapro"),
+    # Algorithm 2 runs Adam in the kernel space: per lr it moves the kernel about as far as full fine-tuning's AdamW
+    # (experiments/lorapro_first_steps.py), so its sweep is centred on full fine-tuning's lrs, not LoRA's.
+    Arm("lorapro_adamw-r8", "lorapro_llama", {**R8, "optimizer.name": "lorapro_adamw"}, 1.25e-4, "lorapro"),
     Arm("slora-r128", "slora_llama", R128, 1e-3, "nlora"),
     Arm("pissa-r128", "pissa_llama", R128, 5e-4, "nlora"),
     Arm("lorapro-r8-rslora", "lorapro_llama", {**R8, "optimizer.name": "lorapro", "adapter.scaling": "rslora"},
