@@ -7,6 +7,7 @@ registers, updates the moments in place and contracts U with b and a at once, so
 once (16 bytes per weight) and g̃ and U never reach memory. Tiles' partial U bᵀ and aᵀ U are summed afterwards.
 
 On GPUs the kernel compiles through Triton; on CPUs it runs interpreted (for tests: slow, same numbers).
+It is opt-in: on one H200 it is slower than XLA's unfused step so far (docs/benchmarks.md, LoRA-Pro's update alone).
 """
 
 import jax
