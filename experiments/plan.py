@@ -48,6 +48,7 @@ class Settings(NamedTuple):
     shared_seeds: tuple[int, ...] = (0, 1, 2)
     base: bool = True
     order: str = "value"
+    humaneval: bool = False  # evaluated runs score HumanEval too; a base run without that score reruns
 
 
 def lr_key(lr: float) -> str:
@@ -133,7 +134,9 @@ def pending(out: str, results: list[dict], settings: Settings, running=frozenset
     Runs that depend on others (extensions, finals) appear once what they depend on has finished; call again after
     each finished run.
     """
-    taken = {os.path.normpath(r["path"]) for r in results} | {os.path.normpath(p) for p in running}
+    taken = {os.path.normpath(r["path"]) for r in results
+             if not (settings.humaneval and r["name"] == BASE.name and "humaneval" not in r["report"])}
+    taken |= {os.path.normpath(p) for p in running}
     runs: list[Run] = []
 
     def add(run: Run) -> None:

@@ -59,11 +59,13 @@ def final_train_loss(record: dict) -> float | None:
 
 
 def metric(record: dict, name: str) -> float | None:
-    """'accuracy', 'answer_loss' (GSM8K test), 'val_loss' or 'train_loss' of one run."""
+    """'accuracy', 'answer_loss' (GSM8K test), 'val_loss', 'train_loss' or 'humaneval' (pass@1) of one run."""
     if name == "train_loss":
         return final_train_loss(record)
     if name == "val_loss":
         return record["report"].get("val_loss")
+    if name == "humaneval":
+        return record["report"].get("humaneval", {}).get("pass@1")
     after = record["report"].get("after")
     return None if after is None else after[name]
 
@@ -94,11 +96,14 @@ def setting_of(name: str) -> str:
 
 
 def result_table(final: list[dict], lrs: dict[str, float], edges: dict[str, bool] = None) -> str:
-    """One row per arm at its lr in `lrs`: accuracy, answer-token loss, validation and training loss, mean ± s.e."""
+    """One row per arm at its lr in `lrs`: accuracy, answer-token loss, validation and training loss, mean ± s.e.;
+    HumanEval pass@1 too once any run has it ('—' where an arm's runs lack it)."""
     edges = edges or {}
     groups = groups_at(final, lrs)
+    humaneval = any(metric(r, "humaneval") is not None for runs in groups.values() for r in runs)
     lines = ["| setting | arm | lr | seeds | trainable params | GSM8K accuracy | answer-token loss | validation loss | "
-             "train loss (end) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "train loss (end) |" + (" HumanEval pass@1 |" if humaneval else ""),
+             "| --- " * (10 if humaneval else 9) + "|"]
     if not groups:
         return "(no evaluated runs)"
     order = {"lorapro": 0, "nlora": 1, "others": 2, "base": 3}
@@ -116,8 +121,17 @@ def result_table(final: list[dict], lrs: dict[str, float], edges: dict[str, bool
             f"{0 if base else runs[0]['report'].get('trainable_params', 0):,} | "
             f"{mean_se([metric(r, 'accuracy') for r in runs])} | {mean_se([metric(r, 'answer_loss') for r in runs])} | "
             f"{mean_se([metric(r, 'val_loss') for r in runs])} | "
-            f"{'—' if base else mean_se([final_train_loss(r) for r in runs])} |")
+            f"{'—' if base else mean_se([final_train_loss(r) for r in runs])} |"
+            + (f" {humaneval_cell(runs)} |" if humaneval else ""))
     return "\n".join(lines)
+
+
+def humaneval_cell(runs: list[dict]) -> str:
+    """Mean ± s.e. of pass@1 over the runs that scored HumanEval, with their count when some did not."""
+    scores = [metric(r, "humaneval") for r in runs if metric(r, "humaneval") is not None]
+    if not scores:
+        return "—"
+    return mean_se(scores) + ("" if len(scores) == len(runs) else f" ({len(scores)} of {len(runs)} runs)")
 
 
 def sweep_table(sweep: list[dict], final: list[dict]) -> str:

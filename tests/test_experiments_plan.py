@@ -113,6 +113,38 @@ def test_gap_fraction_is_the_papers_formula_and_refuses_when_full_does_not_win()
     assert summarize.gap_closed({"lora-r8": []}, "lorapro-r8", "val_loss") == "not run"
 
 
+def test_humaneval_reruns_a_base_run_without_its_score_and_adds_a_column(tmp_path):
+    out = str(tmp_path)
+    base, lora = plan.Run("base", BASE_LR, 0, True), plan.Run("lora-r8", 5e-4, 0, True)
+    write(out, base, 1.5)
+    write(out, lora, 0.7)
+    with_humaneval = SETTINGS._replace(humaneval=True)
+    assert base[:4] not in [r[:4] for r in plan.pending(out, plan.load_results(out), SETTINGS)]
+    assert plan.pending(out, plan.load_results(out), with_humaneval)[0][:4] == base[:4]   # the score before: rerun
+    sweep, final = summarize.load(out)
+    assert "HumanEval" not in summarize.result_table(final, {"lora-r8": 5e-4})
+    record = json.load(open(plan.result_path(out, base)))
+    record["report"]["humaneval"] = {"pass@1": 0.25}
+    json.dump(record, open(plan.result_path(out, base), "w"))
+    assert base[:4] not in [r[:4] for r in plan.pending(out, plan.load_results(out), with_humaneval)]
+    sweep, final = summarize.load(out)
+    table = summarize.result_table(final, {"lora-r8": 5e-4}).splitlines()
+    assert table[0].endswith("| HumanEval pass@1 |") and table[1].count("---") == 10
+    assert table[2].endswith("| — |") and table[3].endswith("| 0.250 |")   # lora-r8 has none; base 0.25
+
+
+def test_humaneval_flags_reach_each_run_and_a_missing_package_stops_the_command(monkeypatch):
+    from experiments import gsm8k_comparison as comparison
+
+    args = comparison.parse_args(["--model", "m.gguf", "--gsm8k", "g", "--humaneval", "--humaneval-tokens", "64"])
+    command = comparison.child_command(plan.Run("lora-r8", 5e-4, 0, True), args)
+    assert command[-1] == "--humaneval" and command[command.index("--humaneval-tokens") + 1] == "64"
+    assert comparison.settings_from(args).humaneval
+    monkeypatch.setattr(comparison.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(SystemExit):
+        comparison.parse_args(["--model", "m.gguf", "--gsm8k", "g", "--humaneval"])
+
+
 def fake_child(run, args):
     """A stand-in for one run's process: writes its JSON (or fails for the arm named `full`)."""
     path = plan.result_path(args.out, run)
