@@ -4,6 +4,8 @@ shapes. Numbers in docs/benchmarks.md come from (one GPU; the memory table also 
 
     python -m bench.lorapro_update --out runs/bench/lorapro_update.json
     python -m bench.lorapro_update --tiny            # CPU smoke test, seconds
+    python -m bench.lorapro_update --model 7b --skip-torch --moment-dtypes float32 \
+        --fused-tiles 128x128w8,128x128w16,64x128w8,64x128w4,128x64w8    # the fused update's tilings side by side
     XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m bench.lorapro_update --memory-only   # any machine
 
 lorapro_adamw with float32 moments needs ~48 GiB of state plus the update's temporaries on one device: on an 80 GB
@@ -31,6 +33,7 @@ from jax.sharding import NamedSharding
 
 from bench.common import GIB, environment, format_table, model_shape, write_json
 from lowrank_jax.optim import lorapro, lorapro_adamw
+from lowrank_jax.optim.fused_kernel_adam import Tiles
 from lowrank_jax.sharding import make_mesh, spec_for
 
 SCALE = 2.0
@@ -123,15 +126,16 @@ def guarded(fn, *args, failure_row: bool = False) -> dict:
         raise
 
 
-def timings(shape: dict, rank: int, iters: int, moment_dtypes: list[str]) -> list[dict]:
+def timings(shape: dict, rank: int, iters: int, moment_dtypes: list[str], fused_tiles: list[Tiles]) -> list[dict]:
     params, grads = random_adapters(shape, rank)
     rows = [{"optimizer": "optax.adamw", **time_update(optax.adamw(LEARNING_RATE), params, grads, iters)}]
     chain = optax.chain(lorapro(scale=SCALE), optax.adamw(LEARNING_RATE))
     rows.append({"optimizer": "lorapro()+adamw", **guarded(time_update, chain, params, grads, iters)})
-    for dtype, fused in itertools.product(moment_dtypes, (False, True)):
-        tx = lorapro_adamw(LEARNING_RATE, scale=SCALE, moment_dtype=jnp.dtype(dtype), fused_update=fused)
-        rows.append({"optimizer": "lorapro_adamw, fused" if fused else "lorapro_adamw", "moments": dtype,
-                     **guarded(time_update, tx, params, grads, iters, failure_row=fused)})
+    for dtype, tiles in itertools.product(moment_dtypes, [None, *fused_tiles]):
+        tx = lorapro_adamw(LEARNING_RATE, scale=SCALE, moment_dtype=jnp.dtype(dtype), fused_update=tiles or False)
+        name = f"lorapro_adamw, fused {tiles.rows}×{tiles.cols} w{tiles.warps}" if tiles else "lorapro_adamw"
+        rows.append({"optimizer": name, "moments": dtype,
+                     **guarded(time_update, tx, params, grads, iters, failure_row=tiles is not None)})
     return rows
 
 
@@ -217,6 +221,8 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--moment-dtypes", default="bfloat16,float32", help="lorapro_adamw moment dtypes to time")
+    parser.add_argument("--fused-tiles", default="128x128w8",
+                        help="comma list of fused-update tilings ROWSxCOLSwWARPS to time ('' for none)")
     parser.add_argument("--skip-torch", action="store_true", help="do not time the PyPI lora-pro-adamw package")
     parser.add_argument("--tiny", action="store_true", help="CPU smoke test: --model tiny --rank 4 --iters 3")
     parser.add_argument("--memory-only", action="store_true",
@@ -227,6 +233,7 @@ def main() -> None:
         args.model, args.rank, args.iters = "tiny", 4, 3
     shape = model_shape(args.model)
     moment_dtypes = [d for d in args.moment_dtypes.split(",") if d]
+    fused_tiles = [Tiles.parse(t) for t in args.fused_tiles.split(",") if t]   # bad input fails before any work
 
     # PyTorch first, while JAX has not yet reserved GPU memory (JAX preallocates a fraction of it at first use).
     torch_rows = []
@@ -240,7 +247,7 @@ def main() -> None:
             torch_rows[-1].setdefault("optimizer", f"lora-pro-adamw ({mode}, torch)")
         release_torch_memory()
     device = str(jax.devices()[0].device_kind)
-    rows = [] if args.memory_only else timings(shape, args.rank, args.iters, moment_dtypes) + torch_rows
+    rows = [] if args.memory_only else timings(shape, args.rank, args.iters, moment_dtypes, fused_tiles) + torch_rows
     for row in rows[1:]:
         if row.get("update_ms"):
             row["vs_adamw"] = row["update_ms"] / rows[0]["update_ms"]

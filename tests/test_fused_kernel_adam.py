@@ -9,13 +9,14 @@ import optax
 import pytest
 
 from lowrank_jax.optim import lorapro_adamw
-from lowrank_jax.optim.fused_kernel_adam import kernel_adam_pullback
+from lowrank_jax.optim.fused_kernel_adam import Tiles, kernel_adam_pullback
 
 B1, B2, EPS = 0.9, 0.99, 1e-8
 
 
-@pytest.mark.parametrize("moment_dtype", [jnp.float32, jnp.bfloat16])
-def test_kernel_matches_float64_numpy(moment_dtype):
+@pytest.mark.parametrize("moment_dtype, tiles", [(jnp.float32, Tiles()), (jnp.bfloat16, Tiles()),
+                                                 (jnp.float32, Tiles(64, 128, 4))])
+def test_kernel_matches_float64_numpy(moment_dtype, tiles):
     rng = np.random.default_rng(0)
     n_in, n_out, k, r = 256, 384, 6, 5  # k and r below Triton's 16: zero-padded inside
     left, right = rng.normal(size=(n_in, k)), rng.normal(size=(k, n_out))
@@ -24,7 +25,7 @@ def test_kernel_matches_float64_numpy(moment_dtype):
     nu = np.asarray(jnp.asarray(rng.random((n_in, n_out)), moment_dtype), np.float64)
     bias = np.array([1 - B1**3, 1 - B2**3])
     f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
-    got = jax.jit(lambda *x: kernel_adam_pullback(*x, b1=B1, b2=B2, eps=EPS))(
+    got = jax.jit(lambda *x: kernel_adam_pullback(*x, b1=B1, b2=B2, eps=EPS, tiles=tiles))(
         f32(left), f32(right), f32(a), f32(b), jnp.asarray(mu, moment_dtype), jnp.asarray(nu, moment_dtype),
         f32(bias))
     g = left @ right
@@ -69,8 +70,9 @@ def run(fused: bool, steps: int = 3):
     return params, state, jaxpr
 
 
-def test_fused_update_matches_the_unfused_step():
-    fused_params, fused_state, fused_jaxpr = run(fused=True)
+@pytest.mark.parametrize("fused", [True, Tiles(64, 128, 4)])
+def test_fused_update_matches_the_unfused_step(fused):
+    fused_params, fused_state, fused_jaxpr = run(fused=fused)
     params, state, jaxpr = run(fused=False)
     assert fused_jaxpr.count("pallas_call[") == 3  # stacked, three, core; "odd" has no whole tiles
     assert "pallas_call" not in jaxpr
@@ -80,6 +82,13 @@ def test_fused_update_matches_the_unfused_step():
     moved = np.abs(np.asarray(params["stacked"]["lora_a"]) - np.asarray(adapter_trees(np.random.default_rng(1))[0]
                                                                          ["stacked"]["lora_a"])).max()
     assert moved > 1e-3  # three updates moved the factors, so the comparison is not of two unchanged trees
+
+
+def test_tiles_triton_cannot_take_are_refused_before_any_work():
+    with pytest.raises(ValueError, match="powers of two"):
+        lorapro_adamw(1e-2, fused_update=Tiles(96, 128, 8))
+    with pytest.raises(ValueError, match="ROWSxCOLSwWARPS"):
+        Tiles.parse("128x128")
 
 
 def test_fused_update_refuses_several_gpus(monkeypatch):
@@ -93,9 +102,10 @@ def test_kernel_lowers_to_triton_for_gpus():
     """The GPU path's Pallas-to-Triton lowering runs here too (no GPU needed): the kernel's loads, scalar reads and
     matmul shapes are all ones Triton accepts."""
     shape = jax.ShapeDtypeStruct
-    step = jax.jit(lambda *x: kernel_adam_pullback(*x, b1=B1, b2=B2, eps=EPS, interpret=False))
+    step = jax.jit(lambda *x: kernel_adam_pullback(*x, b1=B1, b2=B2, eps=EPS, tiles=Tiles(64, 128, 4),
+                                                   interpret=False))
     lowered = step.trace(shape((256, 16), jnp.float32), shape((16, 384), jnp.float32), shape((256, 8), jnp.float32),
                          shape((8, 384), jnp.float32), shape((256, 384), jnp.bfloat16),
                          shape((256, 384), jnp.bfloat16), shape((2,), jnp.float32)
                          ).lower(lowering_platforms=("cuda",)).as_text()
-    assert lowered.count("xla.gpu.triton") == 1 and "num_warps = 8" in lowered
+    assert lowered.count("xla.gpu.triton") == 1 and "num_warps = 4" in lowered

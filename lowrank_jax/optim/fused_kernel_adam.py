@@ -10,21 +10,57 @@ On GPUs the kernel compiles through Triton; on CPUs it runs interpreted (for tes
 It is opt-in: on one H200 it is slower than XLA's unfused step so far (docs/benchmarks.md, LoRA-Pro's update alone).
 """
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 
-TILE = 128  # rows and columns of the (in, out) tile one program updates
 DOT_MIN = 16  # Triton's smallest matmul dimension: k and r are zero-padded up to multiples of it
-WARPS = 8  # 256 threads per tile, so that its g̃, m and v (3 × 16,384 floats) can stay in registers
 
 
-def fits_fused_kernel(in_dim: int, out_dim: int) -> bool:
+class Tiles(NamedTuple):
+    """How the kernel splits the (in, out) space: one program per (rows, cols) tile, run by `warps` × 32 threads.
+
+    Each program holds its tile's g̃, m, v and U in registers (4 × rows × cols floats over warps × 32 threads), so
+    the tile size and the warps trade registers against parallelism. The default is not tuned: sweep it with
+    `python -m bench.lorapro_update --fused-tiles 128x128w8,64x128w8,...` on the GPU at hand.
+    """
+
+    rows: int = 128
+    cols: int = 128
+    warps: int = 8
+
+    @classmethod
+    def parse(cls, text: str) -> "Tiles":
+        """'ROWSxCOLSwWARPS' -> Tiles.
+
+        >>> Tiles.parse("64x128w4")
+        Tiles(rows=64, cols=128, warps=4)
+        """
+        try:
+            shape, warps = text.split("w")
+            rows, cols = shape.split("x")
+            return cls(int(rows), int(cols), int(warps)).checked()
+        except ValueError as error:
+            raise ValueError(f"tiles {text!r}: write ROWSxCOLSwWARPS, e.g. 64x128w8 ({error})") from None
+
+    def checked(self) -> "Tiles":
+        """Itself, or ValueError when Triton cannot take it (powers of two; sides of at least 16)."""
+        power_of_two = lambda n: n > 0 and n & (n - 1) == 0  # noqa: E731
+        if not (power_of_two(self.rows) and power_of_two(self.cols) and self.rows >= DOT_MIN and self.cols >= DOT_MIN
+                and power_of_two(self.warps) and self.warps <= 32):
+            raise ValueError(f"{self}: rows and cols must be powers of two of at least {DOT_MIN}, warps a power of "
+                             "two up to 32")
+        return self
+
+
+def fits_fused_kernel(in_dim: int, out_dim: int, tiles: Tiles = Tiles()) -> bool:
     """Whether an (in, out) kernel splits into whole tiles (else the unfused step runs).
 
-    >>> fits_fused_kernel(4096, 14336), fits_fused_kernel(4096, 100)
-    (True, False)
+    >>> fits_fused_kernel(4096, 14336), fits_fused_kernel(4096, 100), fits_fused_kernel(64, 64, Tiles(64, 32))
+    (True, False, True)
     """
-    return in_dim % TILE == 0 and out_dim % TILE == 0
+    return in_dim % tiles.rows == 0 and out_dim % tiles.cols == 0
 
 
 def check_fused_kernel_devices() -> None:
@@ -47,7 +83,7 @@ def _pad(x: jax.Array, axis: int) -> jax.Array:
 
 
 def kernel_adam_pullback(left, right, a, b, mu, nu, bias, *, b1: float, b2: float, eps: float,
-                         interpret: bool | None = None):
+                         tiles: Tiles = Tiles(), interpret: bool | None = None):
     """Adam on g̃ = left @ right and the pull-back of its direction, in one pass over the moments.
 
     m ← b1·m + (1−b1)·g̃;  v ← b2·v + (1−b2)·g̃²;  U = (m / bias[0]) / (√(v / bias[1]) + eps), then U bᵀ and aᵀ U,
@@ -59,6 +95,7 @@ def kernel_adam_pullback(left, right, a, b, mu, nu, bias, *, b1: float, b2: floa
       mu, nu: (in, out) moments, any float dtype; returned in the same dtype.
       bias: (2,) float32, Adam's bias corrections 1 − b1ᵗ and 1 − b2ᵗ.
       b1, b2, eps: Adam's constants.
+      tiles: the tile shape and warps (Tiles).
       interpret: run the kernel interpreted (None: on CPUs only).
 
     Returns:
@@ -75,12 +112,14 @@ def kernel_adam_pullback(left, right, a, b, mu, nu, bias, *, b1: float, b2: floa
     from jax.experimental.pallas import triton as plgpu
 
     (in_dim, out_dim), rank = mu.shape, a.shape[-1]
-    if not fits_fused_kernel(in_dim, out_dim):
-        raise ValueError(f"the fused LoRA-Pro step needs in and out dims divisible by {TILE}; got {mu.shape}.")
+    if not fits_fused_kernel(in_dim, out_dim, tiles):
+        raise ValueError(f"the fused LoRA-Pro step needs (in, out) divisible by ({tiles.rows}, {tiles.cols}); got "
+                         f"{mu.shape}.")
     left, right = _pad(left.astype(jnp.float32), 1), _pad(right.astype(jnp.float32), 0)
     a_t, b_t = _pad(a.astype(jnp.float32).T, 0), _pad(b.astype(jnp.float32).T, 1)  # (r', in), (out, r')
     k, r = left.shape[1], a_t.shape[0]
-    grid = (in_dim // TILE, out_dim // TILE)
+    rows, cols = tiles.rows, tiles.cols
+    grid = (in_dim // rows, out_dim // cols)
     highest = jax.lax.Precision.HIGHEST
 
     def tile_step(bias_ref, left_ref, right_ref, a_t_ref, b_t_ref, mu_ref, nu_ref, mu_out, nu_out, u_bt_out,
@@ -99,23 +138,23 @@ def kernel_adam_pullback(left, right, a, b, mu, nu, bias, *, b1: float, b2: floa
         tile_step,
         grid=grid,
         in_specs=[pl.BlockSpec((2,), lambda i, j: (0,)),
-                  pl.BlockSpec((TILE, k), lambda i, j: (i, 0)),
-                  pl.BlockSpec((k, TILE), lambda i, j: (0, j)),
-                  pl.BlockSpec((r, TILE), lambda i, j: (0, i)),
-                  pl.BlockSpec((TILE, r), lambda i, j: (j, 0)),
-                  pl.BlockSpec((TILE, TILE), tile),
-                  pl.BlockSpec((TILE, TILE), tile)],
-        out_specs=[pl.BlockSpec((TILE, TILE), tile),
-                   pl.BlockSpec((TILE, TILE), tile),
-                   pl.BlockSpec((pl.squeezed, TILE, r), lambda i, j: (j, i, 0)),
-                   pl.BlockSpec((pl.squeezed, r, TILE), lambda i, j: (i, 0, j))],
+                  pl.BlockSpec((rows, k), lambda i, j: (i, 0)),
+                  pl.BlockSpec((k, cols), lambda i, j: (0, j)),
+                  pl.BlockSpec((r, rows), lambda i, j: (0, i)),
+                  pl.BlockSpec((cols, r), lambda i, j: (j, 0)),
+                  pl.BlockSpec((rows, cols), tile),
+                  pl.BlockSpec((rows, cols), tile)],
+        out_specs=[pl.BlockSpec((rows, cols), tile),
+                   pl.BlockSpec((rows, cols), tile),
+                   pl.BlockSpec((pl.squeezed, rows, r), lambda i, j: (j, i, 0)),
+                   pl.BlockSpec((pl.squeezed, r, cols), lambda i, j: (i, 0, j))],
         out_shape=[jax.ShapeDtypeStruct(mu.shape, mu.dtype),
                    jax.ShapeDtypeStruct(nu.shape, nu.dtype),
                    jax.ShapeDtypeStruct((grid[1], in_dim, r), jnp.float32),  # one partial U bᵀ per column tile
                    jax.ShapeDtypeStruct((grid[0], r, out_dim), jnp.float32)],  # one partial aᵀ U per row tile
         input_output_aliases={5: 0, 6: 1},  # the moments are updated in place
         interpret=jax.default_backend() == "cpu" if interpret is None else interpret,
-        compiler_params=plgpu.CompilerParams(num_warps=WARPS),
+        compiler_params=plgpu.CompilerParams(num_warps=tiles.warps),
         name="lorapro_kernel_adam",
     )(jnp.asarray(bias, jnp.float32), left, right, a_t, b_t, mu, nu)
     return mu, nu, u_bt.sum(0)[:, :rank], at_u.sum(0)[:rank, :]

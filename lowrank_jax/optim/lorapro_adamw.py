@@ -29,7 +29,12 @@ from lowrank_jax.optim.adapter_tree import (
     with_value,
 )
 from lowrank_jax.optim.adjust import check_x_mode
-from lowrank_jax.optim.fused_kernel_adam import check_fused_kernel_devices, fits_fused_kernel, kernel_adam_pullback
+from lowrank_jax.optim.fused_kernel_adam import (
+    Tiles,
+    check_fused_kernel_devices,
+    fits_fused_kernel,
+    kernel_adam_pullback,
+)
 from lowrank_jax.optim.linalg import compute_dtype
 from lowrank_jax.optim.lorapro import check_delta, check_found
 from lowrank_jax.optim.moments import kernel_moment_zeros, leaf_moment_zeros
@@ -79,7 +84,7 @@ def lorapro_adamw(
     delta: float = 1e-8,
     moment_dtype=jnp.float32,
     frozen_factors=None,
-    fused_update: bool = False,
+    fused_update: bool | Tiles = False,
 ) -> optax.GradientTransformationExtraArgs:
     """LoRA-Pro AdamW, the paper's Algorithm 2 ("full" mode), per adapter (ΔK = s·a@b, Flax layout):
 
@@ -114,9 +119,9 @@ def lorapro_adamw(
         values) to size the moments. Pass the values to every update as well:
         ``update(grads, state, params, frozen_factors=...)``.
       fused_update: steps 1–4's kernel-space work as one Pallas kernel per adapter (fused_kernel_adam.py): the
-        moments read and written once, g̃ and U never stored. One GPU only (interpreted on CPUs); adapters whose
-        (in, out) are not multiples of 128, and float64 factors, keep the unfused step. Same numbers up to float32
-        round-off.
+        moments read and written once, g̃ and U never stored. True for the default tiles (128 × 128, 8 warps), or a
+        fused_kernel_adam.Tiles. One GPU only (interpreted on CPUs); adapters whose (in, out) the tiles do not
+        divide, and float64 factors, keep the unfused step. Same numbers up to float32 round-off.
 
     Returns:
       An optax.GradientTransformationExtraArgs with LoraProAdamWState.
@@ -137,7 +142,8 @@ def lorapro_adamw(
     moment_dtype = jnp.dtype(moment_dtype)
     if not jnp.issubdtype(moment_dtype, jnp.floating):
         raise ValueError(f"moment_dtype={moment_dtype} must be a floating dtype, e.g. jnp.float32 or jnp.bfloat16.")
-    if fused_update:
+    tiles = (Tiles() if fused_update is True else fused_update.checked()) if fused_update else None
+    if tiles:
         check_fused_kernel_devices()
     frozen_shapes = leaves_by_path(_abstract(frozen_factors))
 
@@ -163,11 +169,11 @@ def lorapro_adamw(
 
     def adapter_update(factors, grads, mu, nu, s, lr, bias_1, bias_2):
         steps = adjust_factors(factors, grads, scale=s, x_mode="zero", delta=delta)
-        if fused_update and fits_fused_kernel(*mu.shape) and compute_dtype(*factors.values()) == jnp.float32:
+        if tiles and fits_fused_kernel(*mu.shape, tiles) and compute_dtype(*factors.values()) == jnp.float32:
             left, right = first_order_factors(factors, steps)
             mu, nu, u_bt, at_u = kernel_adam_pullback(
                 jnp.asarray(s, left.dtype) * left, right, factors["lora_a"], factors["lora_b"], mu, nu,
-                jnp.stack([bias_1, bias_2]).astype(jnp.float32), b1=b1, b2=b2, eps=eps)
+                jnp.stack([bias_1, bias_2]).astype(jnp.float32), b1=b1, b2=b2, eps=eps, tiles=tiles)
             pulled = pulled_gradients(factors, u_bt, at_u, tuple(grads), scale=s)
         else:
             mu, nu, direction = adam(mu, nu, first_order_change(factors, steps, scale=s), bias_1, bias_2)
