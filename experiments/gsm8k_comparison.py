@@ -9,7 +9,8 @@ else; evaluated runs also score all 1,319 GSM8K test problems (greedy, KV cache:
 answer-token loss, which is what the tables report (with --humaneval also HumanEval pass@1: how much code ability
 GSM8K fine-tuning costs a Coder model; the base run then reruns once, for the score before). Each arm sweeps
 --lr-points lrs (x --lr-factor apart) and steps past a best range end until its best is interior, then trains --seeds
-at that lr; every arm also runs at the shared lr (--shared-lr, the papers' convention). experiments/plan.py orders the runs by value and re-plans after each.
+at that lr; every arm also runs at the shared lr (--shared-lr, the papers' convention). experiments/plan.py orders
+the runs by value and re-plans after each.
 
 Results accumulate in OUT (default experiments/results/<model-name>/, committed): a run whose JSON exists is
 skipped, a run writes its JSON only when it has finished, so a process killed anywhere loses only the runs in flight.

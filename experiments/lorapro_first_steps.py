@@ -39,9 +39,10 @@ SCHEDULES = (("runs, peak 2.5e-4", 2.5e-4, 2), ("runs, peak 5e-4", 5e-4, 2), ("r
 
 def optimizers(schedule, scale: float, delta: float) -> dict[str, optax.GradientTransformation]:
     """The three optimizers compared, on one lr schedule."""
+    adamw = optax.adamw(schedule, weight_decay=0.0)
     return {"lorapro_adamw": lorapro_adamw(schedule, scale=scale, delta=delta),
-            "lorapro() + adamw": optax.chain(lorapro(scale=scale, delta=delta), optax.adamw(schedule, weight_decay=0.0)),
-            "adamw (LoRA)": optax.adamw(schedule, weight_decay=0.0)}
+            "lorapro() + adamw": optax.chain(lorapro(scale=scale, delta=delta), adamw),
+            "adamw (LoRA)": adamw}
 
 
 def first_steps(tx: optax.GradientTransformation, schedule, seed: int = 0) -> list[dict]:
