@@ -128,7 +128,7 @@ def result_table(final: list[dict], lrs: dict[str, float], edges: dict[str, bool
 
 def humaneval_cell(runs: list[dict]) -> str:
     """Mean ± s.e. of pass@1 over the runs that scored HumanEval, with their count when some did not."""
-    scores = [metric(r, "humaneval") for r in runs if metric(r, "humaneval") is not None]
+    scores = [score for score in (metric(r, "humaneval") for r in runs) if score is not None]
     if not scores:
         return "—"
     return mean_se(scores) + ("" if len(scores) == len(runs) else f" ({len(scores)} of {len(runs)} runs)")

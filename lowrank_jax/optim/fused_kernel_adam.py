@@ -91,7 +91,8 @@ def kernel_adam_pullback(left, right, a, b, mu, nu, bias, *, b1: float, b2: floa
 
     Args:
       left: (in, k), right: (k, out), float32: the equivalent gradient's factors (the scale folded in).
-      a: (in, r), b: (r, out): the adapter's lora_a and lora_b (lora_m's products folded in by the caller).
+      a: (in, r), b: (r, out): the adapter's lora_a and lora_b (a three-factor adapter's lora_m is applied to the
+        results by the caller, as adapter_step.pulled_gradients does).
       mu, nu: (in, out) moments, any float dtype; returned in the same dtype.
       bias: (2,) float32, Adam's bias corrections 1 − b1ᵗ and 1 − b2ᵗ.
       b1, b2, eps: Adam's constants.
