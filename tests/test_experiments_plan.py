@@ -177,6 +177,34 @@ def test_run_all_resumes_retries_failures_twice_and_stops_at_the_deadline(tmp_pa
     assert not os.path.exists(tmp_path / "final" / "lora-r8_lr0.004_s1.json")
 
 
+def test_runs_spread_over_the_visible_gpus_one_slot_each(tmp_path, monkeypatch):
+    """Two GPUs at --jobs 1: each run's process sees one GPU id of CUDA_VISIBLE_DEVICES, both ids get runs, and no
+    two runs overlap on one GPU; asking for more GPUs than are visible stops before any run."""
+    from experiments import gsm8k_comparison as comparison
+
+    def child(run, args):
+        path = plan.result_path(args.out, run)
+        code = ("import json, os, time; began = time.time(); time.sleep(0.5); json.dump(dict(name={arm!r}, "
+                "lr={lr!r}, seed={seed}, wall_s=1.0, concurrent_runs=1, report=dict(val_loss=1.0), curve=[], "
+                "gpu=os.environ['CUDA_VISIBLE_DEVICES'], began=began, ended=time.time()), open({path!r}, 'w'))"
+                ).format(arm=run.arm, lr=run.lr, seed=run.seed, path=path)
+        return [sys.executable, "-c", code]
+
+    monkeypatch.setattr(comparison, "child_command", child)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    flags = ["--model", "m.gguf", "--gsm8k", "g", "--out", str(tmp_path), "--jobs", "1", "--arms", "lora-r8",
+             "--lr-points", "3", "--no-extend", "--seeds", "", "--shared-seeds", "", "--no-base"]
+    with pytest.raises(SystemExit, match="--gpus 3: only 2 GPUs are visible"):
+        comparison.run_all(comparison.parse_args(flags + ["--gpus", "3"]))
+    assert plan.load_results(str(tmp_path)) == []
+    comparison.run_all(comparison.parse_args(flags))
+    records = plan.load_results(str(tmp_path))
+    assert len(records) == 3 and {r["gpu"] for r in records} == {"3", "5"}
+    for gpu in ("3", "5"):
+        spans = sorted((r["began"], r["ended"]) for r in records if r["gpu"] == gpu)
+        assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:]))
+
+
 def test_doc_examples_of_the_experiment_modules_run():
     import doctest
 
