@@ -5,7 +5,7 @@ shapes. Numbers in docs/benchmarks.md come from (one GPU; the memory table also 
     python -m bench.lorapro_update --out runs/bench/lorapro_update.json
     python -m bench.lorapro_update --tiny            # CPU smoke test, seconds
     python -m bench.lorapro_update --model 7b --skip-torch --moment-dtypes float32 \
-        --fused-tiles 128x128w8,128x128w16,64x128w8,64x128w4,128x64w8    # the fused update's tilings side by side
+        --fused-tiles 128x128w8,64x128w8,64x64w4,32x64w4,64x128w8:bf16x6,32x64w4:tf32x3   # fused tilings side by side
     XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m bench.lorapro_update --memory-only   # any machine
 
 lorapro_adamw with float32 moments needs ~48 GiB of state plus the update's temporaries on one device: on an 80 GB
@@ -133,7 +133,7 @@ def timings(shape: dict, rank: int, iters: int, moment_dtypes: list[str], fused_
     rows.append({"optimizer": "lorapro()+adamw", **guarded(time_update, chain, params, grads, iters)})
     for dtype, tiles in itertools.product(moment_dtypes, [None, *fused_tiles]):
         tx = lorapro_adamw(LEARNING_RATE, scale=SCALE, moment_dtype=jnp.dtype(dtype), fused_update=tiles or False)
-        name = f"lorapro_adamw, fused {tiles.rows}×{tiles.cols} w{tiles.warps}" if tiles else "lorapro_adamw"
+        name = f"lorapro_adamw, fused {tiles}" if tiles else "lorapro_adamw"
         rows.append({"optimizer": name, "moments": dtype,
                      **guarded(time_update, tx, params, grads, iters, failure_row=tiles is not None)})
     return rows
@@ -221,8 +221,8 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--moment-dtypes", default="bfloat16,float32", help="lorapro_adamw moment dtypes to time")
-    parser.add_argument("--fused-tiles", default="128x128w8",
-                        help="comma list of fused-update tilings ROWSxCOLSwWARPS to time ('' for none)")
+    parser.add_argument("--fused-tiles", default=str(Tiles()),
+                        help="comma list of fused-update tilings ROWSxCOLSwWARPS[:DOT] to time ('' for none)")
     parser.add_argument("--skip-torch", action="store_true", help="do not time the PyPI lora-pro-adamw package")
     parser.add_argument("--tiny", action="store_true", help="CPU smoke test: --model tiny --rank 4 --iters 3")
     parser.add_argument("--memory-only", action="store_true",

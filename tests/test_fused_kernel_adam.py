@@ -15,8 +15,10 @@ B1, B2, EPS = 0.9, 0.99, 1e-8
 
 
 @pytest.mark.parametrize("moment_dtype, tiles", [(jnp.float32, Tiles()), (jnp.bfloat16, Tiles()),
-                                                 (jnp.float32, Tiles(64, 128, 4))])
+                                                 (jnp.float32, Tiles(128, 128, 8)),
+                                                 (jnp.float32, Tiles(32, 64, 4, "tf32x3"))])
 def test_kernel_matches_float64_numpy(moment_dtype, tiles):
+    """Interpreted on the CPU every `dot` computes in float32 (XLA's CPU has no TF32 dot algorithm to run)."""
     rng = np.random.default_rng(0)
     n_in, n_out, k, r = 256, 384, 6, 5  # k and r below Triton's 16: zero-padded inside
     left, right = rng.normal(size=(n_in, k)), rng.normal(size=(k, n_out))
@@ -70,7 +72,7 @@ def run(fused: bool, steps: int = 3):
     return params, state, jaxpr
 
 
-@pytest.mark.parametrize("fused", [True, Tiles(64, 128, 4)])
+@pytest.mark.parametrize("fused", [True, Tiles(128, 128, 16)])
 def test_fused_update_matches_the_unfused_step(fused):
     fused_params, fused_state, fused_jaxpr = run(fused=fused)
     params, state, jaxpr = run(fused=False)
@@ -89,6 +91,9 @@ def test_tiles_triton_cannot_take_are_refused_before_any_work():
         lorapro_adamw(1e-2, fused_update=Tiles(96, 128, 8))
     with pytest.raises(ValueError, match="ROWSxCOLSwWARPS"):
         Tiles.parse("128x128")
+    with pytest.raises(ValueError, match="dot one of"):
+        Tiles.parse("64x128w8:fp16")
+    assert [str(Tiles.parse(text)) for text in ("64x128w8", "32x64w4:tf32x3")] == ["64x128w8", "32x64w4:tf32x3"]
 
 
 def test_fused_update_refuses_several_gpus(monkeypatch):
@@ -109,3 +114,18 @@ def test_kernel_lowers_to_triton_for_gpus():
                          shape((256, 384), jnp.bfloat16), shape((2,), jnp.float32)
                          ).lower(lowering_platforms=("cuda",)).as_text()
     assert lowered.count("xla.gpu.triton") == 1 and "num_warps = 4" in lowered
+
+
+@pytest.mark.parametrize("dot, operands, matmuls, precision", [
+    ("ieee", "xf32>", 3, None), ("tf32x3", "xf32>", 3, "tf32x3"), ("bf16x3", "xbf16>", 9, None),
+    ("bf16x6", "xbf16>", 18, None)])
+def test_each_dot_lowers_to_its_triton_matmuls(dot, operands, matmuls, precision):
+    """The Triton IR of the kernel's three matmuls per `dot`: float32 operands on the CUDA cores (ieee, Triton's
+    default precision), three TF32x3 dots, or the float32 operands split into bfloat16 parts, 3 or 6 products each."""
+    from bench.fused_kernel_registers import triton_ir
+
+    dots = [line for line in triton_ir(Tiles(32, 64, 4, dot), shape=(256, 384)).splitlines() if "tt.dot" in line]
+    assert len(dots) == matmuls
+    assert all(operands in line.split(":")[-1].split("*")[0] for line in dots)
+    assert all((f"inputPrecision = {precision}" in line) if precision else ("inputPrecision" not in line)
+               for line in dots)

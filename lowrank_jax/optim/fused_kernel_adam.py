@@ -16,42 +16,57 @@ import jax
 import jax.numpy as jnp
 
 DOT_MIN = 16  # Triton's smallest matmul dimension: k and r are zero-padded up to multiples of it
+# How the kernel's three float32 matmuls run on a GPU: 'ieee' on the CUDA cores (fused multiply-adds, float32), the
+# others on the tensor cores in several passes over split operands: tf32x3 (two TF32 parts, three products) and
+# bf16x6 (three bfloat16 parts, six products) come close to float32's precision, bf16x3 (two parts) to about 16 bits.
+# Interpreted on CPUs every one computes in float32.
+DOTS = ("ieee", "tf32x3", "bf16x3", "bf16x6")
 
 
 class Tiles(NamedTuple):
-    """How the kernel splits the (in, out) space: one program per (rows, cols) tile, run by `warps` × 32 threads.
+    """How the kernel splits the (in, out) space: one program per (rows, cols) tile, run by `warps` × 32 threads,
+    and how its matmuls run (`dot`, one of DOTS).
 
     Each program holds its tile's g̃, m, v and U in registers (4 × rows × cols floats over warps × 32 threads), so
-    the tile size and the warps trade registers against parallelism. The default is not tuned: sweep it with
-    `python -m bench.lorapro_update --fused-tiles 128x128w8,64x128w8,...` on the GPU at hand.
+    the tile size and the warps trade registers against parallelism. At 64 floats of a tile per thread (128 × 128
+    tiles, 8 warps) ptxas spills about 5 KB per thread to local memory; the default holds 32 and spills nothing
+    (`python -m bench.fused_kernel_registers`). Its speed is not tuned: sweep it with
+    `python -m bench.lorapro_update --fused-tiles 64x128w8,64x64w4,64x128w8:tf32x3,...` on the GPU at hand.
     """
 
-    rows: int = 128
+    rows: int = 64
     cols: int = 128
     warps: int = 8
+    dot: str = "ieee"
 
     @classmethod
     def parse(cls, text: str) -> "Tiles":
-        """'ROWSxCOLSwWARPS' -> Tiles.
+        """'ROWSxCOLSwWARPS[:DOT]' -> Tiles.
 
-        >>> Tiles.parse("64x128w4")
-        Tiles(rows=64, cols=128, warps=4)
+        >>> Tiles.parse("64x128w4"), Tiles.parse("32x64w4:tf32x3").dot
+        (Tiles(rows=64, cols=128, warps=4, dot='ieee'), 'tf32x3')
         """
         try:
-            shape, warps = text.split("w")
+            layout, _, dot = text.partition(":")
+            shape, warps = layout.split("w")
             rows, cols = shape.split("x")
-            return cls(int(rows), int(cols), int(warps)).checked()
+            return cls(int(rows), int(cols), int(warps), dot or "ieee").checked()
         except ValueError as error:
-            raise ValueError(f"tiles {text!r}: write ROWSxCOLSwWARPS, e.g. 64x128w8 ({error})") from None
+            raise ValueError(f"tiles {text!r}: write ROWSxCOLSwWARPS[:DOT], e.g. 64x128w8 or 64x128w8:tf32x3 "
+                             f"({error})") from None
 
     def checked(self) -> "Tiles":
-        """Itself, or ValueError when Triton cannot take it (powers of two; sides of at least 16)."""
+        """Itself, or ValueError when Triton cannot take it (powers of two; sides of at least 16; a known dot)."""
         power_of_two = lambda n: n > 0 and n & (n - 1) == 0  # noqa: E731
         if not (power_of_two(self.rows) and power_of_two(self.cols) and self.rows >= DOT_MIN and self.cols >= DOT_MIN
-                and power_of_two(self.warps) and self.warps <= 32):
+                and power_of_two(self.warps) and self.warps <= 32 and self.dot in DOTS):
             raise ValueError(f"{self}: rows and cols must be powers of two of at least {DOT_MIN}, warps a power of "
-                             "two up to 32")
+                             f"two up to 32, dot one of {DOTS}")
         return self
+
+    def __str__(self) -> str:
+        """The form `parse` reads: '64x128w8', '64x128w8:tf32x3'."""
+        return f"{self.rows}x{self.cols}w{self.warps}" + (f":{self.dot}" if self.dot != "ieee" else "")
 
 
 def fits_fused_kernel(in_dim: int, out_dim: int, tiles: Tiles = Tiles()) -> bool:
@@ -83,11 +98,11 @@ def _pad(x: jax.Array, axis: int) -> jax.Array:
 
 
 def kernel_adam_pullback(left, right, a, b, mu, nu, bias, *, b1: float, b2: float, eps: float,
-                         tiles: Tiles = Tiles(), interpret: bool | None = None):
+                         tiles: Tiles = Tiles(), interpret: bool | None = None, debug: bool = False):
     """Adam on g̃ = left @ right and the pull-back of its direction, in one pass over the moments.
 
     m ← b1·m + (1−b1)·g̃;  v ← b2·v + (1−b2)·g̃²;  U = (m / bias[0]) / (√(v / bias[1]) + eps), then U bᵀ and aᵀ U,
-    as lorapro_adamw's unfused step (float32 arithmetic, full-precision matmuls).
+    as lorapro_adamw's unfused step (float32 arithmetic; the matmuls as `tiles.dot` says, all float32 on CPUs).
 
     Args:
       left: (in, k), right: (k, out), float32: the equivalent gradient's factors (the scale folded in).
@@ -96,8 +111,9 @@ def kernel_adam_pullback(left, right, a, b, mu, nu, bias, *, b1: float, b2: floa
       mu, nu: (in, out) moments, any float dtype; returned in the same dtype.
       bias: (2,) float32, Adam's bias corrections 1 − b1ᵗ and 1 − b2ᵗ.
       b1, b2, eps: Adam's constants.
-      tiles: the tile shape and warps (Tiles).
+      tiles: the tile shape, warps and matmul precision (Tiles).
       interpret: run the kernel interpreted (None: on CPUs only).
+      debug: print the kernel's jaxpr and, lowered for a GPU, its Triton IR (Pallas's `debug`).
 
     Returns:
       (mu, nu, u_bt (in, r), at_u (r, out)); u_bt and at_u in float32.
@@ -121,18 +137,22 @@ def kernel_adam_pullback(left, right, a, b, mu, nu, bias, *, b1: float, b2: floa
     k, r = left.shape[1], a_t.shape[0]
     rows, cols = tiles.rows, tiles.cols
     grid = (in_dim // rows, out_dim // cols)
-    highest = jax.lax.Precision.HIGHEST
+    interpret = jax.default_backend() == "cpu" if interpret is None else interpret
+    precision = jax.lax.Precision.HIGHEST if interpret or tiles.dot == "ieee" else {
+        "tf32x3": jax.lax.DotAlgorithmPreset.TF32_TF32_F32_X3,
+        "bf16x3": jax.lax.DotAlgorithmPreset.BF16_BF16_F32_X3,
+        "bf16x6": jax.lax.DotAlgorithmPreset.BF16_BF16_F32_X6}[tiles.dot]
 
     def tile_step(bias_ref, left_ref, right_ref, a_t_ref, b_t_ref, mu_ref, nu_ref, mu_out, nu_out, u_bt_out,
                   at_u_out):
-        g = jnp.dot(left_ref[...], right_ref[...], precision=highest)
+        g = jnp.dot(left_ref[...], right_ref[...], precision=precision)
         m = b1 * mu_ref[...].astype(jnp.float32) + (1 - b1) * g
         v = b2 * nu_ref[...].astype(jnp.float32) + (1 - b2) * jnp.square(g)
         u = (m / bias_ref[0]) / (jnp.sqrt(v / bias_ref[1]) + eps)
         mu_out[...] = m.astype(mu_out.dtype)
         nu_out[...] = v.astype(nu_out.dtype)
-        u_bt_out[...] = jnp.dot(u, b_t_ref[...], precision=highest)
-        at_u_out[...] = jnp.dot(a_t_ref[...], u, precision=highest)
+        u_bt_out[...] = jnp.dot(u, b_t_ref[...], precision=precision)
+        at_u_out[...] = jnp.dot(a_t_ref[...], u, precision=precision)
 
     tile = lambda i, j: (i, j)  # noqa: E731
     mu, nu, u_bt, at_u = pl.pallas_call(
@@ -154,8 +174,9 @@ def kernel_adam_pullback(left, right, a, b, mu, nu, bias, *, b1: float, b2: floa
                    jax.ShapeDtypeStruct((grid[1], in_dim, r), jnp.float32),  # one partial U bᵀ per column tile
                    jax.ShapeDtypeStruct((grid[0], r, out_dim), jnp.float32)],  # one partial aᵀ U per row tile
         input_output_aliases={5: 0, 6: 1},  # the moments are updated in place
-        interpret=jax.default_backend() == "cpu" if interpret is None else interpret,
+        interpret=interpret,
         compiler_params=plgpu.CompilerParams(num_warps=tiles.warps),
         name="lorapro_kernel_adam",
+        debug=debug,
     )(jnp.asarray(bias, jnp.float32), left, right, a_t, b_t, mu, nu)
     return mu, nu, u_bt.sum(0)[:, :rank], at_u.sum(0)[:rank, :]
