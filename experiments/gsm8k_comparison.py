@@ -168,9 +168,10 @@ def visible_gpus(count: int) -> list[str]:
     return (ids[:count] if count else ids) or [""]
 
 
-def describe(todo: list[plan.Run], results: list[dict], settings: plan.Settings, jobs: int, gpus: int = 1) -> str:
+def describe(todo: list[plan.Run], results: list[dict], settings: plan.Settings, jobs: int, gpus: int = 1,
+             eval_batch: int | None = None) -> str:
     """How many runs are plannable now and what they cost; plus the finals still hidden behind open sweeps."""
-    seconds, source = plan.estimate(todo, results, PRIOR_SECONDS)
+    seconds, source = plan.estimate(todo, results, PRIOR_SECONDS, eval_batch)
     tiers = {}
     for run in todo:
         tiers[run.tier] = tiers.get(run.tier, 0) + 1
@@ -179,7 +180,7 @@ def describe(todo: list[plan.Run], results: list[dict], settings: plan.Settings,
     hidden = [plan.Run(a, 0.0, s, True) for a in open_arms for s in settings.seeds]
     if settings.extend:  # about one step past a range end per open arm
         hidden += [plan.Run(a, 0.0, 0, False) for a in open_arms]
-    hidden_seconds, _ = plan.estimate(hidden, results, PRIOR_SECONDS)
+    hidden_seconds, _ = plan.estimate(hidden, results, PRIOR_SECONDS, eval_batch)
     lines = [f"{len(results)} runs finished, {len(todo)} plannable now: "
              + ", ".join(f"{n} {names[t]}" for t, n in sorted(tiers.items())),
              f"device time of the plannable runs: {seconds / 60:.1f} min ({source}); at --jobs {jobs}"
@@ -208,7 +209,7 @@ def run_all(args) -> None:
     gpus = visible_gpus(args.gpus)
     results = plan.load_results(args.out)
     todo = plan.pending(args.out, results, settings)
-    print(describe(todo, results, settings, args.jobs, len(gpus)), flush=True)
+    print(describe(todo, results, settings, args.jobs, len(gpus), args.eval_batch), flush=True)
     if args.dry_run:
         for run in todo:
             print(f"  tier {run.tier}: {plan.result_path(args.out, run)}")
@@ -222,7 +223,7 @@ def run_all(args) -> None:
         results = plan.load_results(args.out)
         todo = [r for r in plan.pending(args.out, results, settings, running)
                 if failures.get(plan.result_path(args.out, r), 0) < 2]
-        per_run = plan.estimate([plan.Run("", 0.0, 0, True)], results, PRIOR_SECONDS)[0]
+        per_run = plan.estimate([plan.Run("", 0.0, 0, True)], results, PRIOR_SECONDS, args.eval_batch)[0]
         used = [0] * len(gpus)
         for *_, slots, gpu in running.values():
             used[gpu] += slots
@@ -275,7 +276,8 @@ def run_all(args) -> None:
             print(f"[{time.monotonic() - start:6.0f} s] {state} {os.path.relpath(path, args.out)} "
                   f"in {time.monotonic() - began:.0f} s", flush=True)
     results = plan.load_results(args.out)
-    print(describe(plan.pending(args.out, results, settings), results, settings, args.jobs, len(gpus)), flush=True)
+    print(describe(plan.pending(args.out, results, settings), results, settings, args.jobs, len(gpus),
+                   args.eval_batch), flush=True)
     if failures:
         raise SystemExit(f"{len(failures)} runs failed (their .log files say why; out of memory: lower --jobs); "
                          f"rerunning the same command retries them: {sorted(failures)}")

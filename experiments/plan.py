@@ -174,20 +174,28 @@ def pending(out: str, results: list[dict], settings: Settings, running=frozenset
     return sorted(runs, key=lambda r: (r.tier, r.rank))
 
 
-def device_seconds(results: list[dict]) -> dict[bool, float]:
-    """Measured device time of one run, {evaluate: seconds}: the mean of wall time / runs sharing the GPU."""
+def device_seconds(results: list[dict], eval_batch: int | None = None) -> dict[bool, float]:
+    """Measured device time of one run, {evaluate: seconds}: the mean of wall time / runs sharing the GPU. Evaluated
+    runs that decoded `eval_batch` prompts at a time stand for the rest once there are any (decoding is most of an
+    evaluated run, and its time falls with the number of generate calls)."""
     by_kind: dict[bool, list[float]] = {True: [], False: []}
+    same_batch = []
     for r in results:
         if "wall_s" in r and r["name"] != BASE.name:
-            by_kind["final" in os.path.basename(os.path.dirname(r["path"]))].append(
-                r["wall_s"] / max(1, r.get("concurrent_runs", 1)))
+            evaluated = "final" in os.path.basename(os.path.dirname(r["path"]))
+            seconds = r["wall_s"] / max(1, r.get("concurrent_runs", 1))
+            by_kind[evaluated].append(seconds)
+            if evaluated and eval_batch is not None and r.get("eval_batch") == eval_batch:
+                same_batch.append(seconds)
+    by_kind[True] = same_batch or by_kind[True]
     return {kind: sum(v) / len(v) for kind, v in by_kind.items() if v}
 
 
-def estimate(runs: list[Run], results: list[dict], prior: dict[bool, float]) -> tuple[float, str]:
+def estimate(runs: list[Run], results: list[dict], prior: dict[bool, float],
+             eval_batch: int | None = None) -> tuple[float, str]:
     """(device seconds for `runs`, how it was estimated): measured per-run device time where this model has
-    finished runs of the kind, else `prior` ({evaluate: seconds})."""
-    measured = device_seconds(results)
+    finished runs of the kind (`device_seconds`), else `prior` ({evaluate: seconds})."""
+    measured = device_seconds(results, eval_batch)
     per_run = {kind: measured.get(kind, prior[kind]) for kind in (True, False)}
     total = sum(per_run[r.evaluate] for r in runs)
     source = ", ".join(f"{'evaluated' if kind else 'sweep'} run {per_run[kind]:.0f} s "

@@ -21,7 +21,7 @@ SETTINGS = plan.Settings(arms=("lora-r8", "full"), lr_points=4, lr_factor=2.0, s
                          shared_seeds=(0,))
 
 
-def write(out, run, val_loss, wall_s=10.0, jobs=1, accuracy=0.1, train_losses=(1.0,)):
+def write(out, run, val_loss, wall_s=10.0, jobs=1, accuracy=0.1, train_losses=(1.0,), **fields):
     path = plan.result_path(str(out), run)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     report = {"val_loss": val_loss, "trainable_params": 8}
@@ -29,7 +29,7 @@ def write(out, run, val_loss, wall_s=10.0, jobs=1, accuracy=0.1, train_losses=(1
         report["after"] = {"accuracy": accuracy, "answer_loss": val_loss / 10}
     record = {"name": run.arm, "lr": run.lr, "seed": run.seed, "evaluate": run.evaluate, "wall_s": wall_s,
               "concurrent_runs": jobs, "report": report,
-              "curve": [{"step": i + 1, "train/loss": v} for i, v in enumerate(train_losses)]}
+              "curve": [{"step": i + 1, "train/loss": v} for i, v in enumerate(train_losses)], **fields}
     with open(path, "w") as f:
         json.dump(record, f)
 
@@ -89,6 +89,19 @@ def test_estimate_uses_measured_device_time_per_run_else_the_prior(tmp_path):
     seconds, source = plan.estimate(todo, plan.load_results(out), {False: 1000.0, True: 7.0})
     assert seconds == pytest.approx(40.0 + 7.0)
     assert "sweep run 40 s (measured)" in source and "evaluated run 7 s (prior)" in source
+
+
+def test_evaluated_runs_at_the_present_eval_batch_stand_for_the_rest(tmp_path):
+    """Evaluated runs decoded 32 prompts at a time (no eval_batch in their JSON, 100 device-seconds) until one at 256
+    ran (20): with eval_batch 256 only that one counts; without, or at a batch nothing ran at, all of them do."""
+    out = str(tmp_path)
+    write(out, plan.Run("lora-r8", 1e-3, 0, True), 0.9, wall_s=300.0, jobs=3)
+    write(out, plan.Run("lora-r8", 1e-3, 1, True), 0.9, wall_s=300.0, jobs=3)
+    write(out, plan.Run("lora-r8", 1e-3, 2, True), 0.9, wall_s=60.0, jobs=3, eval_batch=256)
+    results, evaluated = plan.load_results(out), [plan.Run("full", 1e-4, 0, True)]
+    assert plan.estimate(evaluated, results, {False: 1.0, True: 1.0}, eval_batch=256)[0] == pytest.approx(20.0)
+    for batch in (None, 128):
+        assert plan.estimate(evaluated, results, {False: 1.0, True: 1.0}, batch)[0] == pytest.approx(220 / 3)
 
 
 def gap_groups(lora, full, pro, name="val_loss"):
