@@ -157,18 +157,25 @@ def test_exact_match_task_with_stop_sequences(scripted, tokenizer, stop_sequence
     assert "response_loss" in result and "answer_loss" not in result
 
 
-def test_loss_task_is_the_closed_form_response_loss(scripted, tokenizer):
-    """Response tokens and EOS, each predicted from the token before it, in float64 from the weights."""
-    result = evaluate(scripted, tokenizer, EXAMPLES, eval_config(task="loss", batch_size=2), TEMPLATE)
+def closed_form_response_loss(scripted, tokenizer) -> tuple[float, int]:
+    """(mean loss, tokens) of EXAMPLES' response tokens and EOS, each predicted from the token before it, in float64
+    from the scripted model's weights."""
     log_probs = bigram_log_probs(scripted)
     loss_sum, count = 0.0, 0
     for example in EXAMPLES:
         context = tokenizer(render_prompt(example.query, TEMPLATE))["input_ids"]
         loss, n = target_loss(log_probs, context, [*tokenizer(example.response)["input_ids"], EOS])
         loss_sum, count = loss_sum + loss, count + n
+    return loss_sum / count, count
+
+
+def test_loss_task_is_the_closed_form_response_loss(scripted, tokenizer):
+    """Response tokens and EOS, each predicted from the token before it, in float64 from the weights."""
+    result = evaluate(scripted, tokenizer, EXAMPLES, eval_config(task="loss", batch_size=2), TEMPLATE)
+    loss, count = closed_form_response_loss(scripted, tokenizer)
     assert result["response_tokens"] == count and result["n"] == len(EXAMPLES)
-    assert result["response_loss"] == pytest.approx(loss_sum / count, rel=1e-5)
-    assert result["response_perplexity"] == pytest.approx(np.exp(loss_sum / count), rel=1e-5)
+    assert result["response_loss"] == pytest.approx(loss, rel=1e-5)
+    assert result["response_perplexity"] == pytest.approx(np.exp(loss), rel=1e-5)
 
 
 @pytest.mark.parametrize("positions, chunked", [(96, 0), (0, 1), (2, 2)])
@@ -186,14 +193,9 @@ def test_response_loss_in_chunks_of_positions_is_the_closed_form(scripted, token
                             model, batches, chunk_tokens=chunk_tokens))
     result = token_loss_eval.response_loss(scripted, tokenizer, EXAMPLES, template=TEMPLATE, max_length=96,
                                            batch_size=2, logits_bytes=4 * 2 * positions * scripted.config.vocab_size)
-    log_probs = bigram_log_probs(scripted)
-    loss_sum, count = 0.0, 0
-    for example in EXAMPLES:
-        context = tokenizer(render_prompt(example.query, TEMPLATE))["input_ids"]
-        loss, n = target_loss(log_probs, context, [*tokenizer(example.response)["input_ids"], EOS])
-        loss_sum, count = loss_sum + loss, count + n
+    loss, count = closed_form_response_loss(scripted, tokenizer)
     assert chunks == [chunked]
-    assert result["tokens"] == count and result["loss"] == pytest.approx(loss_sum / count, rel=1e-5)
+    assert result["tokens"] == count and result["loss"] == pytest.approx(loss, rel=1e-5)
 
 
 @pytest.mark.parametrize("overrides, error, message", [
