@@ -1,7 +1,7 @@
 """Registers and local-memory spills of the fused LoRA-Pro update's GPU kernel per tiling, on any machine (no GPU).
 
 The kernel (lowrank_jax/optim/fused_kernel_adam.py) is lowered by JAX's Pallas to Triton IR for one adapter of the
-7B shape's MLP (4096 × 11008, r = 8, float32 moments), compiled to PTX for sm_90a (H100 / H200) by the `triton`
+7B shape's MLP (4096 × 11008, r = 8 or --rank, float32 moments), compiled to PTX for sm_90a (H100 / H200) by the `triton`
 package's compiler, and assembled by ptxas: the one in the triton wheel, any `ptxas` on PATH (a CUDA toolkit's) and
 those --ptxas names. The triton wheel is not a dependency of lowrank-jax:
 
@@ -112,6 +112,7 @@ def resources(ir_text: str, warps: int, ptxas: list[str]) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiles", default=DEFAULT_TILES, help="comma list of ROWSxCOLSwWARPS[:DOT]")
+    parser.add_argument("--rank", type=int, default=RANK, help="adapter rank (the kernel pads it to 16)")
     parser.add_argument("--ptxas", default="", help="comma list of further ptxas binaries to assemble with")
     parser.add_argument("--out", help="JSON output path")
     args = parser.parse_args()
@@ -125,10 +126,10 @@ def main() -> None:
     rows = []
     for tiles in tilings:
         floats = tiles.rows * tiles.cols // (32 * tiles.warps)
-        for row in resources(triton_ir(tiles), tiles.warps, ptxas):
+        for row in resources(triton_ir(tiles, rank=args.rank), tiles.warps, ptxas):
             rows.append({"tiles": str(tiles), "floats_per_thread": floats, **row})
             print(rows[-1], flush=True)
-    header = {"shape": list(SHAPE), "rank": RANK, "target": "sm_90a", "jax": jax.__version__,
+    header = {"shape": list(SHAPE), "rank": args.rank, "target": "sm_90a", "jax": jax.__version__,
               "triton": triton.__version__}
     print(f"\n{header}\n")
     print(format_table(rows, [("tiles", "tiles", ""), ("floats_per_thread", "tile floats / thread", "d"),
