@@ -7,7 +7,7 @@ those --ptxas names. The triton wheel is not a dependency of lowrank-jax:
 
     pip install triton
     python -m bench.fused_kernel_registers      # eight tilings, under a minute on 2 CPU cores
-    python -m bench.fused_kernel_registers --tiles 64x128w8,32x64w4:tf32x3 --ptxas /usr/local/cuda/bin/ptxas
+    python -m bench.fused_kernel_registers --tiles 64x128w8,32x64w4:tf32x3 --ptxas "$CUDA_HOME/bin/ptxas"
 
 Columns, per tiling and ptxas release: registers per thread, the stack frame (local memory, where spilled registers
 go) and the bytes spilled to it and loaded back, per thread; tensor-core matmul instructions (HMMA) and float32 fused
