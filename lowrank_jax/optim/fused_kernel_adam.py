@@ -7,7 +7,8 @@ registers, updates the moments in place and contracts U with b and a at once, so
 once (16 bytes per weight) and g̃ and U never reach memory. Tiles' partial U bᵀ and aᵀ U are summed afterwards.
 
 On GPUs the kernel compiles through Triton; on CPUs it runs interpreted (for tests: slow, same numbers).
-It is opt-in: on one H200 it is slower than XLA's unfused step so far (docs/benchmarks.md, LoRA-Pro's update alone).
+It is opt-in: on one H200 its first tiling was slower than XLA's unfused step, and the present default tiles have
+not been timed (docs/benchmarks.md, LoRA-Pro's update alone).
 """
 
 from typing import NamedTuple
@@ -29,8 +30,8 @@ class Tiles(NamedTuple):
 
     Each program holds its tile's g̃, m, v and U in registers (4 × rows × cols floats over warps × 32 threads), so
     the tile size and the warps trade registers against parallelism. At 64 floats of a tile per thread (128 × 128
-    tiles, 8 warps) ptxas spills about 5 KB per thread to local memory; the default holds 32 and spills nothing
-    (`python -m bench.fused_kernel_registers`). Its speed is not tuned: sweep it with
+    tiles, 8 warps) ptxas spills registers to local memory (0.6 to 5.3 KB per thread, by ptxas release); the default
+    holds 32 and spills nothing (`python -m bench.fused_kernel_registers`). Its speed is not tuned: sweep it with
     `python -m bench.lorapro_update --fused-tiles 64x128w8,64x64w4,64x128w8:tf32x3,...` on the GPU at hand.
     """
 
