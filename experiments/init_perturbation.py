@@ -4,7 +4,7 @@ The authors' init adds ΔK0 = s · K[:, :r] · K[:r, :r] · K[:r, :] (s = alpha 
 of the base weight. With weights of standard deviation σ the ratio is about alpha · σ² (the width barely enters), so
 the same r and alpha can be a small nudge on one model and a rewrite of another.
 
-  python experiments/init_perturbation.py MODEL.gguf [--rank 128 --alpha 128] [--gsm8k GSM8K_DIR --examples 64]
+  python -m experiments.init_perturbation MODEL.gguf [--rank 128 --alpha 128] [--gsm8k GSM8K_DIR --examples 64]
 
 With --gsm8k it also measures the loss of the responses of held-out GSM8K training problems (the runs' validation
 problems, `data.val_seed` 0) before and after `adapt(model, nlora)`, on the CPU in float32.
