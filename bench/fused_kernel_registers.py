@@ -1,9 +1,9 @@
 """Registers and local-memory spills of the fused LoRA-Pro update's GPU kernel per tiling, on any machine (no GPU).
 
 The kernel (lowrank_jax/optim/fused_kernel_adam.py) is lowered by JAX's Pallas to Triton IR for one adapter of the
-7B shape's MLP (4096 × 11008, r = 8 or --rank, float32 moments), compiled to PTX for sm_90a (H100 / H200) by the `triton`
-package's compiler, and assembled by ptxas: the one in the triton wheel, any `ptxas` on PATH (a CUDA toolkit's) and
-those --ptxas names. The triton wheel is not a dependency of lowrank-jax:
+7B shape's MLP (4096 × 11008, r = 8 or --rank, float32 moments), compiled to PTX for sm_90a (H100 / H200) by the
+`triton` package's compiler, and assembled by ptxas: the one in the triton wheel, any `ptxas` on PATH (a CUDA
+toolkit's) and those --ptxas names. The triton wheel is not a dependency of lowrank-jax:
 
     pip install triton
     python -m bench.fused_kernel_registers      # eight tilings, under a minute on 2 CPU cores
@@ -61,51 +61,56 @@ def triton_ir(tiles: Tiles, shape: tuple[int, int] = SHAPE, rank: int = RANK) ->
     return re.sub(r' "[^"\n]*:"(?=\s*$)', "", text, flags=re.M)     # name locations of operations
 
 
-def ptxas_binaries(extra: list[str]) -> list[str]:
-    """The triton wheel's ptxas for recent PTX, then `extra` and any ptxas on PATH (deduplicated)."""
+def triton_tool(name: str) -> str:
+    """The path of a CUDA tool the triton wheel ships (ptxas-blackwell, cuobjdump)."""
     import triton
 
-    bundled = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas-blackwell")
-    found = [bundled, *extra, *([shutil.which("ptxas")] if shutil.which("ptxas") else [])]
-    return list(dict.fromkeys(os.path.realpath(p) for p in found))
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
 
 
-def ptxas_release(ptxas: str) -> str:
-    """'13.0' from `ptxas --version`."""
-    text = subprocess.run([ptxas, "--version"], capture_output=True, text=True, check=True).stdout
-    found = re.search(r"release (\d+\.\d+)", text)
-    return found[1] if found else "?"
+def ptxas_releases(extra: list[str]) -> dict[str, str]:
+    """{path: release ('13.0', from `ptxas --version`)} of the triton wheel's ptxas for recent PTX, then `extra` and
+    any ptxas on PATH (deduplicated)."""
+    found = [triton_tool("ptxas-blackwell"), *extra, *([shutil.which("ptxas")] if shutil.which("ptxas") else [])]
+    releases = {}
+    for path in dict.fromkeys(os.path.realpath(p) for p in found):
+        text = subprocess.run([path, "--version"], capture_output=True, text=True, check=True).stdout
+        release = re.search(r"release (\d+\.\d+)", text)
+        releases[path] = release[1] if release else "?"
+    return releases
 
 
-def resources(ir_text: str, warps: int, ptxas: list[str]) -> list[dict]:
-    """Compiles Triton IR to PTX (ISA 9.0) for sm_90a with the triton package, assembles it with each ptxas and
-    reads their report: one row per ptxas with its registers, stack frame and spill bytes per thread; HMMA and FFMA
-    counts from the SASS of the first one's cubin."""
+def assemble(ptxas: str, ptx: str, cubin: str) -> dict:
+    """Assembles `ptx` into `cubin` for sm_90a; registers, stack frame and spill bytes per thread from its report."""
+    log = subprocess.run([ptxas, "-v", "--gpu-name=sm_90a", ptx, "-o", cubin], capture_output=True, text=True,
+                         check=True)
+    log = log.stdout + log.stderr
+    frame = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    return {"registers": int(re.search(r"Used (\d+) registers", log)[1]),
+            **dict(zip(("stack_bytes", "spill_store_bytes", "spill_load_bytes"), map(int, frame.groups())))}
+
+
+def resources(ir_text: str, warps: int, ptxas: dict[str, str]) -> list[dict]:
+    """Compiles Triton IR to PTX (ISA 9.0) for sm_90a with the triton package and assembles it with each ptxas of
+    `ptxas_releases`: one row per ptxas with `assemble`'s report, and HMMA and FFMA counts from the SASS of the
+    first one's cubin."""
     import triton
     from triton.backends.compiler import GPUTarget
 
-    rows = []
     with tempfile.TemporaryDirectory() as folder:
-        source, ptx, cubin = (os.path.join(folder, name) for name in ("kernel.ttir", "kernel.ptx", "kernel.cubin"))
+        source, ptx = os.path.join(folder, "kernel.ttir"), os.path.join(folder, "kernel.ptx")
         with open(source, "w") as f:
             f.write(ir_text)
         compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
                                   options={"num_warps": warps, "ptx_version": 90})
         with open(ptx, "w") as f:
             f.write(compiled.asm["ptx"])
-        for binary in ptxas:
-            log = subprocess.run([binary, "-v", "--gpu-name=sm_90a", ptx, "-o", cubin], capture_output=True,
-                                 text=True, check=True)
-            log = log.stdout + log.stderr
-            used, frame = re.search(r"Used (\d+) registers", log), re.search(
-                r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", log)
-            rows.append({"ptxas": ptxas_release(binary), "registers": int(used[1]),
-                         **dict(zip(("stack_bytes", "spill_store_bytes", "spill_load_bytes"), map(int, frame.groups())))})
-            if len(rows) == 1:
-                cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-                sass = subprocess.run([cuobjdump, "-sass", cubin], capture_output=True, text=True, check=True).stdout
-                opcode = lambda name: len(re.findall(rf"\b{name}\b", sass))  # noqa: E731
-                counts = {"hmma": opcode("HMMA"), "ffma": opcode("FFMA")}
+        cubins = [os.path.join(folder, f"kernel{k}.cubin") for k in range(len(ptxas))]
+        rows = [{"ptxas": release, **assemble(path, ptx, cubin)}
+                for (path, release), cubin in zip(ptxas.items(), cubins)]
+        sass = subprocess.run([triton_tool("cuobjdump"), "-sass", cubins[0]], capture_output=True, text=True,
+                              check=True).stdout
+    counts = {"hmma": len(re.findall(r"\bHMMA\b", sass)), "ffma": len(re.findall(r"\bFFMA\b", sass))}
     return [{**row, **counts} for row in rows]
 
 
@@ -122,7 +127,7 @@ def main() -> None:
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # fused multiply-adds, as XLA's Triton emits them
     import triton
 
-    ptxas = ptxas_binaries([p for p in args.ptxas.split(",") if p])
+    ptxas = ptxas_releases([p for p in args.ptxas.split(",") if p])
     rows = []
     for tiles in tilings:
         floats = tiles.rows * tiles.cols // (32 * tiles.warps)

@@ -186,8 +186,9 @@ def describe(todo: list[plan.Run], results: list[dict], settings: plan.Settings,
              f"device time of the plannable runs: {seconds / 60:.1f} min ({source}); at --jobs {jobs}"
              + (f" on each of {gpus} GPUs: about {seconds / 60 / gpus:.1f} min of wall time" if gpus > 1 else "")]
     if open_arms:
-        lines.append(f"still behind open sweeps ({len(open_arms)} arms): their finals"
-                     f"{' and about one extension each' if settings.extend else ''}, {hidden_seconds / 60:.1f} min more")
+        extension = " and about one extension each" if settings.extend else ""
+        lines.append(f"still behind open sweeps ({len(open_arms)} arms): their finals{extension}, "
+                     f"{hidden_seconds / 60:.1f} min more")
     return "\n".join(lines)
 
 

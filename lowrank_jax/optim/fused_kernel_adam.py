@@ -21,7 +21,8 @@ DOT_MIN = 16  # Triton's smallest matmul dimension: k and r are zero-padded up t
 # others on the tensor cores in several passes over split operands: tf32x3 (two TF32 parts, three products) and
 # bf16x6 (three bfloat16 parts, six products) come close to float32's precision, bf16x3 (two parts) to about 16 bits.
 # Interpreted on CPUs every one computes in float32.
-DOTS = ("ieee", "tf32x3", "bf16x3", "bf16x6")
+DOTS = {"ieee": jax.lax.Precision.HIGHEST, "tf32x3": jax.lax.DotAlgorithmPreset.TF32_TF32_F32_X3,
+        "bf16x3": jax.lax.DotAlgorithmPreset.BF16_BF16_F32_X3, "bf16x6": jax.lax.DotAlgorithmPreset.BF16_BF16_F32_X6}
 
 
 class Tiles(NamedTuple):
@@ -62,7 +63,7 @@ class Tiles(NamedTuple):
         if not (power_of_two(self.rows) and power_of_two(self.cols) and self.rows >= DOT_MIN and self.cols >= DOT_MIN
                 and power_of_two(self.warps) and self.warps <= 32 and self.dot in DOTS):
             raise ValueError(f"{self}: rows and cols must be powers of two of at least {DOT_MIN}, warps a power of "
-                             f"two up to 32, dot one of {DOTS}")
+                             f"two up to 32, dot one of {tuple(DOTS)}")
         return self
 
     def __str__(self) -> str:
@@ -139,10 +140,7 @@ def kernel_adam_pullback(left, right, a, b, mu, nu, bias, *, b1: float, b2: floa
     rows, cols = tiles.rows, tiles.cols
     grid = (in_dim // rows, out_dim // cols)
     interpret = jax.default_backend() == "cpu" if interpret is None else interpret
-    precision = jax.lax.Precision.HIGHEST if interpret or tiles.dot == "ieee" else {
-        "tf32x3": jax.lax.DotAlgorithmPreset.TF32_TF32_F32_X3,
-        "bf16x3": jax.lax.DotAlgorithmPreset.BF16_BF16_F32_X3,
-        "bf16x6": jax.lax.DotAlgorithmPreset.BF16_BF16_F32_X6}[tiles.dot]
+    precision = DOTS["ieee" if interpret else tiles.dot]
 
     def tile_step(bias_ref, left_ref, right_ref, a_t_ref, b_t_ref, mu_ref, nu_ref, mu_out, nu_out, u_bt_out,
                   at_u_out):
