@@ -2,14 +2,15 @@
 its factors, the first gradient per module and factor, and what the first AdamW update does.
 
   python -m experiments.init_gradients MODEL.gguf --gsm8k GSM8K_DIR --method nystrom [--rank 128 --alpha 128]
-      [--examples 8 --seq-len 384 --lr 6.25e-5 --bf16] [--json OUT]
+      [--examples 8 --seq-len 384 --lr 6.25e-5 --bf16 --low-memory] [--json OUT]
 
 On the CPU in float32. The loss is the mean response-token loss of the first --examples of the runs' held-out
 validation problems (`data.val_seed` 0); the gradient is that of the first --examples training problems, packed into
 rows of --seq-len tokens. One AdamW update (the runs' settings: clipping at 1, b2 0.999, no weight decay) at --lr
 (default: the first nonzero lr of the lowest swept lr's warm-up) is applied to that gradient, and the held-out loss
 and each projection's effective weight are measured again. --bf16 also measures the init's output change in the runs'
-bfloat16 compute.
+bfloat16 compute. --low-memory recomputes each decoder layer in the backward pass and computes the logits 128
+positions at a time: Qwen2.5-Coder-1.5B then fits a 24 GB host; the gradients change by float32 round-off only.
 
 For each projection, over the layers (median and max): ‖s·A M B‖ / ‖K‖ (the adapter's share at init), ‖K_res‖ / ‖K‖
 (the frozen base after a residual init) next to the best rank-r residual ‖K − K_r‖ / ‖K‖ (truncated SVD), the factor
@@ -58,18 +59,19 @@ def factor_statistics(model, adapted, rank: int) -> dict[str, dict[str, list[flo
     out = {}
     for projection in PROJECTIONS:
         layer = module_at(adapted, f"layers.{projection}")
-        kernels = np.asarray(module_at(model, f"layers.{projection}").kernel[...], np.float64)
-        residuals = np.asarray(layer.base.kernel[...], np.float64)
+        kernels = module_at(model, f"layers.{projection}").kernel[...]
         a_all, b_all = (np.asarray(getattr(layer, f)[...], np.float64) for f in ("lora_a", "lora_b"))
         m_all = None if layer.lora_m is None else np.asarray(layer.lora_m[...], np.float64)
         scales = np.asarray(layer.lora_scale[...], np.float64)
         stats = {}
-        for i, kernel in enumerate(kernels):
+        for i in range(len(kernels)):  # one layer's kernels in float64 at a time: 1.5B's MLPs are 3 GB stacked
+            kernel = np.asarray(kernels[i], np.float64)
+            residual = np.asarray(layer.base.kernel[i], np.float64)
             a, b, m = a_all[i], b_all[i], None if m_all is None else m_all[i]
             product = a @ b if m is None else a @ m @ b
             singular = np.linalg.svd(kernel, compute_uv=False)
             row = {"adapter_share": np.linalg.norm(scales[i] * product) / np.linalg.norm(kernel),
-                   "residual": np.linalg.norm(residuals[i]) / np.linalg.norm(kernel),
+                   "residual": np.linalg.norm(residual) / np.linalg.norm(kernel),
                    "svd_residual": np.sqrt(np.sum(singular[rank:] ** 2) / np.sum(singular ** 2)),
                    "norm_a": np.linalg.norm(a), "norm_b": np.linalg.norm(b), "scale": scales[i]}
             if m is not None:
@@ -82,18 +84,20 @@ def factor_statistics(model, adapted, rank: int) -> dict[str, dict[str, list[flo
     return out
 
 
-def effective_change(before, after, kernels: dict[str, np.ndarray]) -> dict[str, list[float]]:
-    """{projection: ‖s·(A'M'B' − AMB)‖ / ‖K‖ per layer} between two trainable states of the same adapted model."""
+def effective_change(before, after, kernel_norms: dict[str, list[float]],
+                     scales: dict[str, np.ndarray]) -> dict[str, list[float]]:
+    """{projection: ‖s·(A'M'B' − AMB)‖ / ‖K‖ per layer} between two trainable states of the same adapted model,
+    given each layer's ‖K‖ and s."""
+    def product(factors, i):
+        f = {name: np.asarray(factors[name][i], np.float64) for name in FACTORS if name in factors}
+        return f["lora_a"] @ f["lora_m"] @ f["lora_b"] if "lora_m" in f else f["lora_a"] @ f["lora_b"]
+
     out = {}
-    for projection, kernel in kernels.items():
-        products = []
-        for state in (before, after):
-            node = functools.reduce(lambda s, k: s[k], ["layers", *projection.split(".")], state)
-            f = {name: np.asarray(node[name], np.float64) for name in FACTORS if name in node}
-            products.append(f["lora_a"] @ f["lora_m"] @ f["lora_b"] if "lora_m" in f
-                            else f["lora_a"] @ f["lora_b"])
-        delta = products[1] - products[0]
-        out[projection] = [float(np.linalg.norm(d) / np.linalg.norm(k)) for d, k in zip(delta, kernel)]
+    for projection, norms in kernel_norms.items():
+        old, new = (functools.reduce(lambda s, k: s[k], ["layers", *projection.split(".")], state)
+                    for state in (before, after))
+        out[projection] = [float(s * np.linalg.norm(product(new, i) - product(old, i)) / n)  # one layer at a time
+                           for i, (n, s) in enumerate(zip(norms, scales[projection]))]
     return out
 
 
@@ -110,13 +114,13 @@ def adapt_op_by_op(model, config):
         return adapt(model, config)
 
 
-def model_and_batches(path: str, gsm8k: str, dtype: str, examples: int, seq_len: int):
-    """(model in `dtype`, validation batches, training batches): the first `examples` problems of the runs'
-    validation split (300 held out of GSM8K train, seed 0) and of the rest, as packed rows of `seq_len` tokens."""
+def model_and_batches(path: str, gsm8k: str, dtype: str, examples: int, seq_len: int, remat: str = "none"):
+    """(model in `dtype` with `remat`, validation batches, training batches): the first `examples` problems of the
+    runs' validation split (300 held out of GSM8K train, seed 0) and of the rest, as packed rows of `seq_len` tokens."""
     from lowrank_jax.data import evaluation_batches, hold_out, pad_id, read_gsm8k, tokenize_examples
     from lowrank_jax.models import load_pretrained, load_tokenizer
 
-    model, _ = load_pretrained(path, dtype=dtype, param_dtype=dtype, attention_impl="xla")
+    model, _ = load_pretrained(path, dtype=dtype, param_dtype=dtype, attention_impl="xla", remat=remat)
     tokenizer = load_tokenizer(path)
     train, held = hold_out(read_gsm8k("train", gsm8k), 300, seed=0)
 
@@ -128,7 +132,7 @@ def model_and_batches(path: str, gsm8k: str, dtype: str, examples: int, seq_len:
     return model, batches(held), batches(train)
 
 
-def measure(path: str, gsm8k: str, config, examples: int, seq_len: int, lr: float) -> dict:
+def measure(path: str, gsm8k: str, config, examples: int, seq_len: int, lr: float, low_memory: bool) -> dict:
     """Everything but --bf16, in float32 (see the module docstring)."""
     import jax
     import jax.numpy as jnp
@@ -138,19 +142,26 @@ def measure(path: str, gsm8k: str, config, examples: int, seq_len: int, lr: floa
     from lowrank_jax.evaluation.token_loss_eval import mean_token_loss
     from lowrank_jax.losses import token_loss
 
-    model, validation, train_batches = model_and_batches(path, gsm8k, "float32", examples, seq_len)
+    model, validation, train_batches = model_and_batches(path, gsm8k, "float32", examples, seq_len,
+                                                         remat="full" if low_memory else "none")
     record = {"loss_before": mean_token_loss(model, validation)[0]}
     adapted = adapt_op_by_op(model, config)
     record["loss_after_init"] = mean_token_loss(adapted, validation)[0]
     record["factors"] = factor_statistics(model, adapted, config.rank)
+    kernel_norms = {p: [float(np.linalg.norm(np.asarray(k))) for k in module_at(model, f"layers.{p}").kernel[...]]
+                    for p in PROJECTIONS}
+    scales = {p: np.asarray(module_at(adapted, f"layers.{p}").lora_scale[...], np.float64) for p in PROJECTIONS}
+    del model  # the unadapted kernels: 5 GB at 1.5B, which the gradient below needs room for
 
     graphdef, trainable, frozen = nnx.split(adapted, nnx.LoRAParam, ...)
     trainable, frozen = nnx.as_pure(trainable), nnx.as_pure(frozen)
-    loss_sum_grad = jax.jit(jax.grad(lambda t, batch: token_loss(nnx.merge(graphdef, t, frozen), batch)[0]))
+    chunk_tokens = 128 if low_memory else 0
+    loss_sum_grad = jax.jit(jax.grad(
+        lambda t, f, batch: token_loss(nnx.merge(graphdef, t, f), batch, chunk_tokens=chunk_tokens)[0]))
     grads = jax.tree.map(jnp.zeros_like, trainable)
     tokens = 0.0
     for batch in train_batches:
-        grads = jax.tree.map(jnp.add, grads, loss_sum_grad(trainable, batch))
+        grads = jax.tree.map(jnp.add, grads, loss_sum_grad(trainable, frozen, batch))
         tokens += float(batch["loss_mask"][:, 1:].sum())
     grads = jax.tree.map(lambda g: g / tokens, grads)
     record["grad_norm"] = float(optax.tree.norm(grads))
@@ -164,8 +175,7 @@ def measure(path: str, gsm8k: str, config, examples: int, seq_len: int, lr: floa
     updates, _ = optimizer.update(grads, optimizer.init(trainable), trainable)
     stepped = optax.apply_updates(trainable, updates)
     record["loss_after_step"] = mean_token_loss(nnx.merge(graphdef, stepped, frozen), validation)[0]
-    kernels = {p: np.asarray(module_at(model, f"layers.{p}").kernel[...]) for p in PROJECTIONS}
-    record["step_change"] = effective_change(trainable, stepped, kernels)
+    record["step_change"] = effective_change(trainable, stepped, kernel_norms, scales)
     return record
 
 
@@ -222,6 +232,8 @@ def main():
     parser.add_argument("--seq-len", type=int, default=384)
     parser.add_argument("--lr", type=float, default=6.25e-5)
     parser.add_argument("--bf16", action="store_true", help="also the init's output change in bfloat16")
+    parser.add_argument("--low-memory", action="store_true",
+                        help="recompute layers and chunk the logits in the gradient (for 1.5B on a 24 GB host)")
     parser.add_argument("--json", help="write the measurements here too")
     args = parser.parse_args()
 
@@ -230,8 +242,8 @@ def main():
     config = AdapterConfig(method=args.method, rank=args.rank, alpha=args.alpha)
     start = time.perf_counter()
     record = {"model": args.model.rsplit("/", 1)[-1], "method": args.method, "rank": args.rank, "alpha": args.alpha,
-              "examples": args.examples, "seq_len": args.seq_len, "lr": args.lr,
-              **measure(args.model, args.gsm8k, config, args.examples, args.seq_len, args.lr)}
+              "examples": args.examples, "seq_len": args.seq_len, "lr": args.lr, "low_memory": args.low_memory,
+              **measure(args.model, args.gsm8k, config, args.examples, args.seq_len, args.lr, args.low_memory)}
     if args.bf16:
         before, after = bf16_losses(args.model, args.gsm8k, config, args.examples, args.seq_len)
         record.update(bf16_loss_before=before, bf16_loss_after_init=after)

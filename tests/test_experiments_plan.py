@@ -278,3 +278,28 @@ def test_the_deadline_stops_runs_in_flight_and_leaves_no_json(tmp_path, monkeypa
     assert time.monotonic() - start < 30
     assert plan.load_results(str(tmp_path)) == []
     assert sorted(os.listdir(tmp_path / "final")) == ["base_lr1e-30_s0.log", "lora-r8_lr0.0005_s0.log"]
+
+
+@pytest.mark.parametrize("three_factors", [False, True])
+def test_init_gradients_step_change_is_the_scaled_product_change_over_the_kernel_norm(three_factors):
+    from experiments.init_gradients import effective_change
+
+    rng = np.random.default_rng(2)
+    layers, d_in, rank, d_out = 3, 12, 4, 10
+    shapes = {"lora_a": (layers, d_in, rank), "lora_b": (layers, rank, d_out)}
+    if three_factors:
+        shapes["lora_m"] = (layers, rank, rank)
+    before, after = ({n: rng.normal(size=s).astype(np.float32) for n, s in shapes.items()} for _ in range(2))
+    kernels = rng.normal(size=(layers, d_in, d_out))
+    scales = np.array([2.0, 0.5, 1.0])
+
+    def product(f, i):
+        core = f["lora_m"][i] if three_factors else np.eye(rank)
+        return f["lora_a"][i].astype(np.float64) @ core @ f["lora_b"][i]
+
+    expected = [scales[i] * np.linalg.norm(product(after, i) - product(before, i)) / np.linalg.norm(kernels[i])
+                for i in range(layers)]
+    nested = [{"layers": {"self_attn": {"q_proj": f}}} for f in (before, after)]
+    norms = {"self_attn.q_proj": [float(np.linalg.norm(k)) for k in kernels]}
+    got = effective_change(*nested, norms, {"self_attn.q_proj": scales})
+    assert got["self_attn.q_proj"] == pytest.approx(expected, rel=1e-12)
