@@ -18,7 +18,7 @@ case "$size" in
         sha256=cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046 ;;
   *) echo "SIZE must be 0.5b or 1.5b, got '$size'" >&2; exit 2 ;;
 esac
-chunk_mib=${CHUNK_MIB:-60}
+chunk_mib=${CHUNK_MIB:-54}
 python=${PYTHON:-python3}
 module=${package//-/_}
 
