@@ -5,7 +5,7 @@ shapes. Numbers in docs/benchmarks.md come from (one GPU; the memory table also 
     python -m bench.lorapro_update --out runs/bench/lorapro_update.json
     python -m bench.lorapro_update --tiny            # CPU smoke test, seconds
     python -m bench.lorapro_update --model 7b --skip-torch --moment-dtypes float32 \
-        --fused-tiles 128x128w8,64x128w8,64x64w4,32x64w4,64x128w8:bf16x6,32x64w4:tf32x3   # fused tilings side by side
+        --fused-tiles 128x128w8,64x128w8,64x64w4,32x64w4,64x128w8:bf16x6,32x64w4:tf32x3,32x64w4:bf16x6  # tilings
     XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m bench.lorapro_update --memory-only   # any machine
 
 lorapro_adamw with float32 moments needs ~48 GiB of state plus the update's temporaries on one device: on an 80 GB

@@ -119,7 +119,7 @@ def lorapro_adamw(
         values) to size the moments. Pass the values to every update as well:
         ``update(grads, state, params, frozen_factors=...)``.
       fused_update: steps 1–4's kernel-space work as one Pallas kernel per adapter (fused_kernel_adam.py): the
-        moments read and written once, g̃ and U never stored. True for the default tiles (64 × 128, 8 warps, float32
+        moments read and written once, g̃ and U never stored. True for the default tiles (32 × 64, 4 warps, float32
         matmuls on the CUDA cores), or a fused_kernel_adam.Tiles. One GPU only (interpreted on CPUs); adapters
         whose (in, out) the tiles do not divide, and float64 factors, keep the unfused step. Same numbers up to
         float32 round-off.
