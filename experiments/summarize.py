@@ -118,12 +118,21 @@ def result_table(final: list[dict], lrs: dict[str, float], edges: dict[str, bool
         lr = "—" if base else f"{runs[0]['lr']:g}{' (edge)' if edges.get(name) else ''}"
         lines.append(
             f"| {setting_of(name)} | {name} | {lr} | {len(runs)} | "
-            f"{0 if base else runs[0]['report'].get('trainable_params', 0):,} | "
+            f"{trainable_params_cell(runs, base)} | "
             f"{mean_se([metric(r, 'accuracy') for r in runs])} | {mean_se([metric(r, 'answer_loss') for r in runs])} | "
             f"{mean_se([metric(r, 'val_loss') for r in runs])} | "
             f"{'—' if base else mean_se([final_train_loss(r) for r in runs])} |"
             + (f" {humaneval_cell(runs)} |" if humaneval else ""))
     return "\n".join(lines)
+
+
+def trainable_params_cell(runs: list[dict], base: bool) -> str:
+    """The arm's trainable parameter count from any run that reports it; '—' where none does (a diverged run stops
+    before its report has one)."""
+    if base:
+        return "0"
+    counts = [r["report"]["trainable_params"] for r in runs if "trainable_params" in r["report"]]
+    return f"{counts[0]:,}" if counts else "—"
 
 
 def humaneval_cell(runs: list[dict]) -> str:

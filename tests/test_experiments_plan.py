@@ -146,6 +146,22 @@ def test_humaneval_reruns_a_base_run_without_its_score_and_adds_a_column(tmp_pat
     assert table[2].endswith("| — |") and table[3].endswith("| 0.250 |")   # lora-r8 has none; base 0.25
 
 
+def test_a_diverged_final_reads_diverged_with_no_parameter_count(tmp_path):
+    """A diverged run's report has no trainable_params (it stops before the count): its row says so rather than 0;
+    another run of the same arm supplies the count."""
+    out = str(tmp_path)
+    diverged = plan.result_path(out, plan.Run("lora-r8", 1e-3, 0, True))
+    os.makedirs(os.path.dirname(diverged))
+    json.dump({"name": "lora-r8", "lr": 1e-3, "seed": 0, "evaluate": True, "wall_s": 5.0, "concurrent_runs": 1,
+               "report": {"val_loss": None, "diverged": "training diverged at step 4"}, "curve": []},
+              open(diverged, "w"))
+    row = summarize.result_table(summarize.load(out)[1], {"lora-r8": 1e-3}).splitlines()[2].split(" | ")
+    assert row[1:5] == ["lora-r8", "0.001", "1", "—"] and row[5] == "diverged"
+    write(out, plan.Run("lora-r8", 1e-3, 1, True), 0.7)
+    row = summarize.result_table(summarize.load(out)[1], {"lora-r8": 1e-3}).splitlines()[2].split(" | ")
+    assert row[3:5] == ["2", "8"]
+
+
 def test_humaneval_flags_reach_each_run_and_a_missing_package_stops_the_command(monkeypatch):
     from experiments import gsm8k_comparison as comparison
 
