@@ -69,10 +69,13 @@ METHODS = {
     "lorapro-r8": Method("lora", 8, "lorapro"),
     "lorapro-r16": Method("lora", 16, "lorapro"),
     "lorapro_adamw-r8-bf16": Method("lora", 8, "lorapro_adamw", "bfloat16"),
+    "lorapro_adamw-r16-bf16": Method("lora", 16, "lorapro_adamw", "bfloat16"),
     "lorapro_adamw-r8-fp32": Method("lora", 8, "lorapro_adamw", "float32"),
     "lorapro_adamw-r16-fp32": Method("lora", 16, "lorapro_adamw", "float32"),
     "lorapro_adamw-r8-fp32-fused": Method("lora", 8, "lorapro_adamw", "float32", fused_update=True),
     "lorapro_adamw-r16-fp32-fused": Method("lora", 16, "lorapro_adamw", "float32", fused_update=True),
+    "lorapro_adamw-r8-bf16-fused": Method("lora", 8, "lorapro_adamw", "bfloat16", fused_update=True),
+    "lorapro_adamw-r16-bf16-fused": Method("lora", 16, "lorapro_adamw", "bfloat16", fused_update=True),
     "dora-r8": Method("dora", 8, "adamw"),
     "loraplus-r8": Method("lora", 8, "adamw", loraplus_ratio=16.0),
     # LoRA-GA: gradients of the bench's first synthetic batches; randomized SVD as its authors (exact SVD of the

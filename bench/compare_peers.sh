@@ -21,6 +21,8 @@
 #   ours_levers        ours_none with OURS_FLAGS added (default: both levers above)
 #   ours_lorapro       ours_none's settings, LoRA-Pro's full AdamW (lorapro_adamw, fp32 moments) instead of AdamW
 #   ours_lorapro_fused the same with its kernel-space step as one Pallas kernel (optimizer.fused_update)
+#   ours_lorapro_bf16  ours_lorapro with bf16 moments (as the authors' standalone optimizer keeps them)
+#   ours_lorapro_bf16_fused  the same with the fused step
 # A row whose file exists is not run again (rerun the same command to go on); no row starts after BUDGET_S seconds,
 # and the skipped ones are printed with their commands.
 # Settings: RANKS ("8 16"), BATCH (4: every row's first batch), BUDGET_S (400; a row may take 3 more minutes),
@@ -39,7 +41,8 @@ mkdir -p "$out"
 deadline=$(( $(date +%s) + ${BUDGET_S:-400} ))
 tiny=${TINY:+--tiny}
 rows=(${ROWS:-ours_none peft_compile liger_compile flce_compile peft_bf16 tunix ours_preset peft_compile_ckpt liger
-        tunix_none ours_bf16 ours_fused ours_chunked_ce ours_levers ours_lorapro ours_lorapro_fused})
+        tunix_none ours_bf16 ours_fused ours_chunked_ce ours_levers ours_lorapro ours_lorapro_fused ours_lorapro_bf16
+        ours_lorapro_bf16_fused})
 levers=${OURS_FLAGS:---fuse-projections --loss-chunk-tokens 1024}
 ours="python -m bench.train_step --steps 3 --warmup 1 --unrolled --attention cudnn"
 peft="python -m bench.peft_step --steps 3 --warmup 2"
@@ -57,6 +60,8 @@ command_of() {  # row shape rank -> the row's command (without the deadline)
     ours_levers) echo "$ours --remat none $levers $size" ;;
     ours_lorapro) echo "$ours --remat none ${size/lora-r$3/lorapro_adamw-r$3-fp32}" ;;
     ours_lorapro_fused) echo "$ours --remat none ${size/lora-r$3/lorapro_adamw-r$3-fp32-fused}" ;;
+    ours_lorapro_bf16) echo "$ours --remat none ${size/lora-r$3/lorapro_adamw-r$3-bf16}" ;;
+    ours_lorapro_bf16_fused) echo "$ours --remat none ${size/lora-r$3/lorapro_adamw-r$3-bf16-fused}" ;;
     peft_compile) echo "$fast $size" ;;
     liger_compile) echo "$fast --liger all $size" ;;
     flce_compile) echo "$fast --liger flce $size" ;;
@@ -67,7 +72,7 @@ command_of() {  # row shape rank -> the row's command (without the deadline)
     tunix_none) echo "$tunix --remat none $size" ;;
     *) echo "unknown row $1; rows: ours_none peft_compile liger_compile flce_compile peft_bf16 tunix ours_preset" \
             "peft_compile_ckpt liger tunix_none ours_bf16 ours_fused ours_chunked_ce ours_levers ours_lorapro" \
-            "ours_lorapro_fused" >&2; return 2 ;;
+            "ours_lorapro_fused ours_lorapro_bf16 ours_lorapro_bf16_fused" >&2; return 2 ;;
   esac
 }
 
