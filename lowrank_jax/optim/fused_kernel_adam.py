@@ -33,7 +33,7 @@ class Tiles(NamedTuple):
     Each program holds its tile's g̃, m, v and U in registers (4 × rows × cols floats over warps × 32 threads), so
     the tile size and the warps trade registers against parallelism. At 64 floats of a tile per thread (128 × 128
     tiles, 8 warps) ptxas spills registers to local memory (0.6 to 5.3 KB per thread, by ptxas release); the default
-    (32 × 64, 4 warps) holds 16 in 80 registers (`python -m bench.fused_kernel_registers`) and was the fastest of
+    (32 × 64, 4 warps) holds 16 per thread in 80 registers (`python -m bench.fused_kernel_registers`), the fastest of
     seven tilings timed on one H200. Sweep them on the GPU at hand with
     `python -m bench.lorapro_update --fused-tiles 32x64w4,64x64w4,32x64w4:tf32x3,...`.
     """
