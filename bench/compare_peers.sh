@@ -40,9 +40,10 @@ mkdir -p "$out"
 
 deadline=$(( $(date +%s) + ${BUDGET_S:-400} ))
 tiny=${TINY:+--tiny}
-rows=(${ROWS:-ours_none peft_compile liger_compile flce_compile peft_bf16 tunix ours_preset peft_compile_ckpt liger
-        tunix_none ours_bf16 ours_fused ours_chunked_ce ours_levers ours_lorapro ours_lorapro_fused ours_lorapro_bf16
-        ours_lorapro_bf16_fused})
+all_rows="ours_none peft_compile liger_compile flce_compile peft_bf16 tunix ours_preset peft_compile_ckpt liger
+  tunix_none ours_bf16 ours_fused ours_chunked_ce ours_levers ours_lorapro ours_lorapro_fused ours_lorapro_bf16
+  ours_lorapro_bf16_fused"
+rows=(${ROWS:-$all_rows})
 levers=${OURS_FLAGS:---fuse-projections --loss-chunk-tokens 1024}
 ours="python -m bench.train_step --steps 3 --warmup 1 --unrolled --attention cudnn"
 peft="python -m bench.peft_step --steps 3 --warmup 2"
@@ -70,9 +71,7 @@ command_of() {  # row shape rank -> the row's command (without the deadline)
     liger) echo "$peft --no-grad-ckpt --liger all $size" ;;
     tunix) echo "$tunix --remat decoder $size" ;;
     tunix_none) echo "$tunix --remat none $size" ;;
-    *) echo "unknown row $1; rows: ours_none peft_compile liger_compile flce_compile peft_bf16 tunix ours_preset" \
-            "peft_compile_ckpt liger tunix_none ours_bf16 ours_fused ours_chunked_ce ours_levers ours_lorapro" \
-            "ours_lorapro_fused ours_lorapro_bf16 ours_lorapro_bf16_fused" >&2; return 2 ;;
+    *) echo "unknown row $1; rows:" $all_rows >&2; return 2 ;;
   esac
 }
 
