@@ -203,8 +203,8 @@ def child_command(run: plan.Run, args) -> list[str]:
 
 
 def run_all(args) -> None:
-    """Runs the plan's runs, --jobs slots at a time on each GPU, re-planning after each, until nothing is left or the
-    deadline."""
+    """Runs the plan's runs in its order, --jobs slots at a time on each GPU, re-planning after each, until nothing is
+    left or the deadline. A run needing more slots than are free waits, and the runs behind it wait with it."""
     settings = settings_from(args)
     start = time.monotonic()
     gpus = visible_gpus(args.gpus)
@@ -233,7 +233,7 @@ def run_all(args) -> None:
             slots = min(arm_named(run.arm).slots * 2 ** failures.get(plan.result_path(args.out, run), 0), args.jobs)
             gpu = min(range(len(gpus)), key=lambda g: used[g])  # the least used GPU
             if used[gpu] + slots > args.jobs:
-                continue
+                break  # it waits for free slots, and no run behind it in the plan starts first (it would never start)
             elapsed = time.monotonic() - start
             if args.deadline_s and elapsed + per_run * args.jobs > args.deadline_s:
                 break  # would not finish in time; stop starting runs

@@ -234,6 +234,31 @@ def test_runs_spread_over_the_visible_gpus_one_slot_each(tmp_path, monkeypatch):
         assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:]))
 
 
+def test_a_run_needing_more_slots_waits_and_nothing_behind_it_starts_first(tmp_path, monkeypatch):
+    """At --jobs 2 full fine-tuning takes both slots: runs start in the plan's order, so the full sweep run second in
+    the plan starts once the first run ends, before the LoRA run behind it, and never beside another run."""
+    from experiments import gsm8k_comparison as comparison
+
+    def child(run, args):
+        path = plan.result_path(args.out, run)
+        code = ("import json, time; began = time.time(); time.sleep(0.5); json.dump(dict(name={arm!r}, lr={lr!r}, "
+                "seed={seed}, wall_s=1.0, concurrent_runs=1, report=dict(val_loss=1.0), curve=[], began=began, "
+                "ended=time.time()), open({path!r}, 'w'))").format(arm=run.arm, lr=run.lr, seed=run.seed, path=path)
+        return [sys.executable, "-c", code]
+
+    monkeypatch.setattr(comparison, "child_command", child)
+    args = comparison.parse_args(["--model", "m.gguf", "--gsm8k", "g", "--out", str(tmp_path), "--jobs", "2",
+                                  "--arms", "lora-r8,full", "--lr-points", "2", "--no-extend", "--seeds", "",
+                                  "--shared-seeds", "", "--no-base"])
+    planned = [(r.arm, r.lr) for r in plan.pending(str(tmp_path), [], comparison.settings_from(args))]
+    assert [arm for arm, _ in planned] == ["lora-r8", "full", "lora-r8", "full"]
+    comparison.run_all(args)
+    records = sorted(plan.load_results(str(tmp_path)), key=lambda r: r["began"])
+    assert [(r["name"], r["lr"]) for r in records] == planned
+    for full in (r for r in records if r["name"] == "full"):
+        assert all(r["ended"] <= full["began"] or r["began"] >= full["ended"] for r in records if r is not full)
+
+
 def test_doc_examples_of_the_experiment_modules_run():
     import doctest
 
