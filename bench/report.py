@@ -73,21 +73,27 @@ def ours_vs_peft(rows: list[dict]) -> list[dict]:
 
 
 def peer_tables(rows: list[dict]) -> dict[tuple[str, int], list[dict]]:
-    """bench/compare_peers.sh's rows per (model, seq): each with `run` (its file's row name) and `vs_pytorch`, its
-    tokens/s over the fastest PyTorch row's of the same method; by method, then fastest first."""
+    """bench/compare_peers.sh's rows per (model, seq): each with `run` (its file's row name), `vs_pytorch`, its
+    tokens/s over the fastest PyTorch row's of the same method, and for our other rows (levers, LoRA-Pro)
+    `vs_ours_none`, their tokens/s over `ours_none`'s at the same rank and batch; by method, then fastest first."""
     tables = {}
     for row in rows:
         if row.get("framework") in PEER_FRAMEWORKS and row.get("file", "").startswith("peers_"):
-            run = re.sub(r"^peers_[^_]+_r\d+_", "", os.path.splitext(row["file"])[0])
-            tables.setdefault((row["model"], row["seq"]), []).append({**row, "run": run})
+            rank, run = re.match(r"^peers_[^_]+_r(\d+)_(.+)$", os.path.splitext(row["file"])[0]).groups()
+            tables.setdefault((row["model"], row["seq"]), []).append({**row, "run": run, "row_rank": int(rank)})
     for table in tables.values():
-        fastest = {}
+        fastest, baseline = {}, {}
         for row in table:
             if row.get("framework") == PEFT and row["status"] == "ok":
                 fastest[row["method"]] = max(fastest.get(row["method"], 0.0), row["tokens_per_s"])
+            if row["run"] == "ours_none" and row["status"] == "ok":
+                baseline[row["row_rank"], row.get("batch")] = row["tokens_per_s"]
         for row in table:
             if row["status"] == "ok" and row["method"] in fastest:
                 row["vs_pytorch"] = row["tokens_per_s"] / fastest[row["method"]]
+            ours_none = baseline.get((row["row_rank"], row.get("batch")))
+            if row["status"] == "ok" and row["run"].startswith("ours_") and row["run"] != "ours_none" and ours_none:
+                row["vs_ours_none"] = row["tokens_per_s"] / ours_none
         table.sort(key=lambda r: (table_order(r), -(r.get("tokens_per_s") or 0.0)))
     return tables
 
@@ -106,7 +112,8 @@ PAIRS = [("model", "model", ""), ("method", "method", ""), ("seq", "seq", "d"), 
          ("peft_mfu", "PEFT MFU", ".1%"), ("ours_peak", "ours peak GiB", ".1f"), ("peft_peak", "PEFT peak GiB", ".1f")]
 PEERS = [("method", "method", ""), ("run", "run", ""), ("framework", "framework", ""), ("batch", "batch", "d"),
          ("step_s", "step s", ".3f"), ("tokens_per_s", "tokens/s", ",.0f"), ("mfu", "MFU", ".1%"),
-         ("peak_memory_gib", "peak GiB", ".1f"), ("vs_pytorch", "÷ fastest PyTorch", ".2f"), ("status", "status", "")]
+         ("peak_memory_gib", "peak GiB", ".1f"), ("vs_pytorch", "÷ fastest PyTorch", ".2f"),
+         ("vs_ours_none", "÷ ours_none, same batch", ".2f"), ("status", "status", "")]
 GENERATION = [("impl", "implementation", ""), ("model", "model", ""), ("batch", "batch", "d"),
               ("prompt_len", "prompt", "d"), ("new_tokens", "new tokens", "d"), ("seconds", "s / call", ".2f"),
               ("tokens_per_s", "new tokens/s", ",.0f"), ("vs_hf", "vs transformers", ".2f"),

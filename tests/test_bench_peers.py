@@ -33,6 +33,30 @@ def test_peer_table_ratios_against_the_fastest_pytorch_row():
                        ("lora-r16", "peft_bf16", pytest.approx(1.0))]
 
 
+def test_our_other_rows_against_ours_none_at_the_same_rank_and_batch():
+    """A lever or LoRA-Pro row reads as its tokens/s over ours_none's at its own rank and batch; a row whose batch
+    shrank has no ours_none to compare with, and ours_none itself and the peers get no such ratio."""
+    def row(file, framework, tokens_per_s, batch=4, method="lora-r8", status="ok"):
+        return dict(file=file, framework=framework, model="llama-2-7b", seq=2048, method=method, status=status,
+                    tokens_per_s=tokens_per_s, batch=batch)
+
+    rows = [row("peers_7b_r8_ours_none.json", "lowrank-jax", 2000.0),
+            row("peers_7b_r8_ours_lorapro.json", "lowrank-jax", 1800.0, method="lorapro_adamw-r8-fp32"),
+            row("peers_7b_r8_ours_lorapro_bf16_fused.json", "lowrank-jax", 1500.0, batch=2,
+                method="lorapro_adamw-r8-bf16-fused"),
+            row("peers_7b_r8_ours_lorapro_fused.json", "lowrank-jax", None, method="lorapro_adamw-r8-fp32-fused",
+                status="oom"),
+            row("peers_7b_r16_ours_fused.json", "lowrank-jax", 1700.0, method="lora-r16"),
+            row("peers_7b_r16_ours_none.json", "lowrank-jax", 1600.0, method="lora-r16"),
+            row("peers_7b_r8_peft_bf16.json", "pytorch+peft", 1400.0)]
+    ratios = {r["file"][len("peers_7b_"):-len(".json")]: r.get("vs_ours_none") for r in next(iter(
+        peer_tables(rows).values()))}
+    assert ratios == {"r8_ours_none": None,
+                      "r8_ours_lorapro": pytest.approx(1800 / 2000),
+                      "r8_ours_lorapro_bf16_fused": None, "r8_ours_lorapro_fused": None,
+                      "r16_ours_fused": pytest.approx(1700 / 1600), "r16_ours_none": None, "r8_peft_bf16": None}
+
+
 def test_liger_without_cuda_or_package_leaves_a_needs_cuda_row(tmp_path, monkeypatch):
     from bench import peft_step
     monkeypatch.setitem(sys.modules, "liger_kernel", None)  # as where liger-kernel is not installed
