@@ -252,7 +252,9 @@ def test_two_processes_with_jax_distributed_agree_with_one_process(data_dir, tmp
              f"--config.data.test={data_dir / 'test.jsonl'}", f"--config.workdir={tmp_path / 'two'}",
              "--config.train.steps=3", "--config.eval.after=False", "--config.train.export_peft=False",
              "--config.distributed.num_processes=2", f"--config.distributed.coordinator_address=localhost:{port}"]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    # 4 fake devices per process; the suite's other XLA flags (conftest.py: cheaper compilation) carry over
+    xla_flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f)
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count=4 {xla_flags}", "JAX_PLATFORMS": "cpu"}
     procs = [subprocess.Popen([sys.executable, "train.py", *flags, f"--config.distributed.process_id={i}"],
                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i in range(2)]
