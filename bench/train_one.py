@@ -1,8 +1,9 @@
 """One train-step benchmark configuration, run in this process: the users' jitted step on a random model.
 
 Builds the model on the devices, adapts it as the training loop does, compiles the loop's own step
-(lowrank_jax/training/placement.py) ahead of time (compile time, XLA's memory estimate), runs warm-up and timed steps, and returns one result row. `bench/train_step.py` runs
-a table of these, each in a fresh process so that the peak-memory counter belongs to one configuration:
+(lowrank_jax/training/placement.py) ahead of time (compile time, XLA's memory estimate), runs warm-up and timed
+steps, and returns one result row. `bench/train_step.py` runs a table of these, each in a fresh process so that
+the peak-memory counter belongs to one configuration:
 
   python -m bench.train_one --spec '{"model": "tiny", "method": "lora-r8", "seq": 64, "batch": 4}'
 """
@@ -31,7 +32,8 @@ from lowrank_jax.models import LlamaConfig
 from lowrank_jax.sharding import batch_sharding, make_mesh
 from lowrank_jax.training import memory_plan
 from lowrank_jax.training.optimizer import build_optimizer
-from lowrank_jax.training.placement import adapt_onto_mesh, compile_train_step, init_optimizer, with_remat
+from lowrank_jax.training.placement import adapt_onto_mesh, compile_train_step, init_optimizer
+from lowrank_jax.training.planned_step import planned_train_step
 
 ADAPTER_FACTORS = ("lora_a", "lora_m", "lora_b")  # trained or frozen; the residual inits' copies are not counted
 
@@ -43,9 +45,9 @@ class RunSpec:
     `batch` rows per optimizer step in `accum` micro-batches; `mesh` sizes (data, fsdp, tensor) over the first
     `devices` devices; `warmup` untimed steps, then `steps` timed ones (losses of all are recorded).
     `loss_chunk_tokens` as `train.loss_chunk_tokens` (0 = the loss's logits at once), `fuse_projections` as
-    `model.fuse_projections`. `remat` 'auto': the memory plan's fastest policy that fits the device at this batch
-    (lowrank_jax/training/memory_plan.py). `max_rank` caps the method's rank (tiny smoke-test shapes are narrower
-    than 128).
+    `model.fuse_projections`. `remat` 'auto' and `accum` 0: the memory plan picks the policy and the number of
+    micro-batches, the fastest that fits the device, as the training loop does (lowrank_jax/training/
+    planned_step.py). `max_rank` caps the method's rank (tiny smoke-test shapes are narrower than 128).
     """
 
     model: str
@@ -75,13 +77,13 @@ class RunSpec:
         canonical_model(self.model)
         if self.method not in METHODS:
             raise ValueError(f"method {self.method!r} is unknown; choose from {sorted(METHODS)}")
-        for name in ("seq", "batch", "accum", "steps", "devices", "segments"):
+        for name in ("seq", "batch", "steps", "devices", "segments"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
-        for name in ("warmup", "loss_chunk_tokens"):
+        for name in ("warmup", "loss_chunk_tokens", "accum"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
-        if self.batch % self.accum:
+        if self.accum and self.batch % self.accum:
             raise ValueError(f"batch={self.batch} must be a multiple of accum={self.accum}")
         if self.seq % self.segments:
             raise ValueError(f"seq={self.seq} must be a multiple of segments={self.segments}")
@@ -118,6 +120,9 @@ def run_config(spec: RunSpec):
                                     trainable="adapters" if method.adapter else "all")
     config.optimizer.update(moment_dtype=method.moment_dtype, loraplus_ratio=method.loraplus_ratio,
                             fused_update=method.fused_update)
+    config.model.remat = spec.remat
+    config.data.update(batch_size=spec.batch, max_length=spec.seq, grad_accum=spec.accum)
+    config.train.loss_chunk_tokens = spec.loss_chunk_tokens
     return config
 
 
@@ -125,6 +130,7 @@ def loraga_gradients(spec: RunSpec, model):
     """LoRA-GA's gradient estimate as a run makes it (training/loraga_gradients.py: the mean token loss over the
     micro-batches of the first `loraga.gradient_batches` batches), from this benchmark's synthetic batches."""
     config = run_config(spec)
+    spec = dataclasses.replace(spec, accum=spec.accum or 1)   # a planned step's batches: whole, as one micro-batch
     micro_batches = [{k: v[i] for k, v in make_batch(spec, step).items()}
                      for step in range(config.loraga.gradient_batches) for i in range(spec.accum)]
 
@@ -215,23 +221,21 @@ def prepare(spec: RunSpec) -> Prepared:
     jax.block_until_ready(opt_state)
     row.update(counts, init_s=time.perf_counter() - start)
 
-    batches = [jax.device_put(make_batch(spec, i), batch_sharding(mesh)) for i in range(total_steps)]
     start = time.perf_counter()
     limit = (devices[0].memory_stats() or {}).get("bytes_limit")
-    if spec.remat == memory_plan.AUTO_REMAT:  # the training loop's memory plan over the remat policies, at this batch
-        plan, compiled = memory_plan.plan_memory(
-            lambda remat, _: compile_train_step(with_remat(state, remat), optimizer, opt_state, batches[0], mesh,
-                                                loss_chunk_tokens=spec.loss_chunk_tokens),
-            remats=memory_plan.REMAT_FASTEST_FIRST, accums=(spec.accum,), batch_rows=spec.batch, seq_len=spec.seq,
-            batch_devices=mesh.shape["data"] * mesh.shape["fsdp"],
-            limit_bytes=memory_plan.device_memory_limit(devices))
+    if spec.remat == memory_plan.AUTO_REMAT or spec.accum == memory_plan.AUTO_GRAD_ACCUM:
+        compiled, plan = planned_train_step(run_config(spec), state, optimizer, opt_state, mesh)
         print(f"  {plan.line()}", flush=True)
-        row.update(remat=plan.remat, memory_plan=plan.as_dict())
+        row.update(remat=plan.remat, accum=plan.grad_accum, memory_plan=plan.as_dict())
+        spec = dataclasses.replace(spec, accum=plan.grad_accum)
     else:
-        compiled = compile_train_step(state, optimizer, opt_state, batches[0], mesh,
+        batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding(mesh)),
+                             make_batch(spec, 0))
+        compiled = compile_train_step(state, optimizer, opt_state, batch, mesh,
                                       loss_chunk_tokens=spec.loss_chunk_tokens)
     row["compile_s"] = time.perf_counter() - start
     row.update(step_memory(compiled), memory_limit_gib=None if limit is None else limit / GIB)
+    batches = [jax.device_put(make_batch(spec, i), batch_sharding(mesh)) for i in range(total_steps)]
     return Prepared(devices, state.trainable, opt_state, state.rngs, state.frozen, batches, compiled, row)
 
 

@@ -9,6 +9,7 @@ programs and autotuning results are shared through JAX's persistent compilation 
   python -m bench.train_step --models 7b --methods lora-r8 --batch 8 --loss-chunk-tokens 512   # chunked loss
   python -m bench.train_step --models 7b --methods lora-r8 --batch 8 --fuse-projections   # q/k/v, gate/up fused
   python -m bench.train_step --models 7b --methods lora-r8 --batch 8 --remat auto   # the memory plan's policy
+  python -m bench.train_step --models 7b --seqs 512 --batch 32 --remat auto --accum 0 --unrolled   # 7B preset's plan
 """
 
 from __future__ import annotations
@@ -132,12 +133,13 @@ def may_fit_smaller(row: dict) -> bool:
 
 
 def run_with_shrinking(spec: dict, run, shrink: bool) -> dict:
-    """Runs `spec`; on 'oom' halves the batch (keeping it a multiple of accum) and tries again while it may fit."""
+    """Runs `spec`; on 'oom' halves the batch (keeping it a multiple of accum) and tries again while it may fit.
+    A planned step (accum 0) is not shrunk: its plan has already tried every split into micro-batches."""
     while True:
         row = run(spec)
         smaller = spec["batch"] // 2
-        if (row["status"] != "oom" or not shrink or smaller < spec["accum"] or smaller % spec["accum"]
-                or not may_fit_smaller(row)):
+        if (row["status"] != "oom" or not shrink or not spec["accum"] or smaller < spec["accum"]
+                or smaller % spec["accum"] or not may_fit_smaller(row)):
             return row
         print(f"  {spec['method']} batch {spec['batch']} does not fit; trying {smaller}", flush=True)
         spec = {**spec, "batch": smaller}
@@ -203,7 +205,8 @@ def parse_args(argv=None):
                         help=f"comma list from {', '.join(METHODS)}")
     parser.add_argument("--seqs", type=lambda t: parse_list(t, int), default=[2048], help="comma list of lengths")
     parser.add_argument("--batch", default="8", help="rows per step: N, or MODEL=N[,MODEL/METHOD=N...]")
-    parser.add_argument("--accum", type=int, default=1, help="micro-batches per step (gradient accumulation)")
+    parser.add_argument("--accum", type=int, default=1,
+                        help="micro-batches per step (gradient accumulation); 0: the memory plan's (data.grad_accum=0)")
     parser.add_argument("--steps", type=int, help="timed steps (default 5; --quick 3, --tiny 2)")
     parser.add_argument("--warmup", type=int, help="untimed steps before timing (default 2; --quick, --tiny 1)")
     parser.add_argument("--remat", default="full",
