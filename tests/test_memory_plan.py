@@ -78,7 +78,11 @@ def test_few_compiles_in_the_common_cases():
     budget = steps.memory(("none", 2)).total                          # fewer micro-batches do not fit
     plan, _ = steps.plan(budget)
     assert (plan.remat, plan.grad_accum) == ("none", 2)
-    assert steps.compiled == [("none", 1), ("full", 4), ("none", 2)]  # the first group's least-memory candidate
+    assert steps.compiled == [("none", 1), ("none", 2)]               # the next split, straight away
+    budget = steps.memory(("none", 4)).total                          # nor does a split in two
+    plan, _ = steps.plan(budget)
+    assert (plan.remat, plan.grad_accum) == ("none", 4)
+    assert steps.compiled == [("none", 1), ("none", 4)]               # the first size rules out 2 micro-batches
     with pytest.raises(MemoryPlanError) as error:                     # the arguments alone are over the budget
         steps.plan(budget=steps.fixed)
     assert steps.compiled == [("none", 1), ("full", 4)]               # the rest are ruled out by these two

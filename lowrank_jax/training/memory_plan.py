@@ -159,9 +159,11 @@ def plan_memory(compile_for: Callable[[str, int], Any], *, remats: Sequence[str]
                 ) -> tuple[MemoryPlan, Any]:
     """Picks the first candidate of `candidate_groups` whose compiled step fits `limit_bytes` less `headroom`.
 
-    Candidates go in order of preference, skipping those that a failed one rules out (`_ruled_out`); after a failure
-    in a group, the group's least-memory candidate is compiled next, and if it fails too, the rest of the group is
-    skipped. So the common cases cost one compile (the fastest fits) or two or three.
+    Candidates go in order of preference, skipping those that a failed one rules out (`_ruled_out`). After the first
+    failure in a group, a candidate that splits the failed policy's batch into more micro-batches is compiled next
+    (not ruled out, so the failed size with its temporaries shrunk in proportion fits); any other candidate after a
+    failure in its group is preceded by the group's least-memory one, and if that fails too, the rest of the group
+    is skipped. So the common cases cost one compile (the fastest fits), two (the next split fits) or three.
 
     Args:
       compile_for: `(remat, grad_accum) -> compiled step`; called once per candidate tried.
@@ -207,8 +209,11 @@ def plan_memory(compile_for: Callable[[str, int], Any], *, remats: Sequence[str]
             if ruled_out(candidate):
                 continue
             floor = group[-1]
-            failed_here = any((p.remat, p.grad_accum) in group for p in probes)
-            if failed_here and candidate != floor and all((p.remat, p.grad_accum) != floor for p in probes):
+            failed_here = [p for p in probes if (p.remat, p.grad_accum) in group]
+            next_split = (len(failed_here) == 1 and failed_here[0].remat == candidate[0]
+                          and failed_here[0].grad_accum < candidate[1])
+            if (failed_here and not next_split and candidate != floor
+                    and all((p.remat, p.grad_accum) != floor for p in probes)):
                 compiled, memory = probe(floor)   # if even the floor fails, it rules out the whole group
                 if memory is not None and memory.total <= budget:
                     fitting[floor] = compiled, memory
