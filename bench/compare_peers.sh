@@ -11,7 +11,7 @@
 #   flce_compile       the same with Liger's fused linear cross-entropy alone (--liger flce)
 #   peft_bf16          PEFT + torch.compile, no checkpointing, bf16 adapters
 #   tunix              google-tunix's PeftTrainer step, whole layers recomputed (bench/tunix_step.py)
-#   ours_preset        ours, the llama2_7b preset's remat policy, layers unrolled
+#   ours_preset        ours as the llama2_7b preset runs: the memory plan picks remat and micro-batches, unrolled
 #   peft_compile_ckpt  PEFT + torch.compile, checkpointing per layer
 #   liger              PEFT + Liger, no torch.compile, no checkpointing
 #   tunix_none         google-tunix with nothing recomputed
@@ -54,7 +54,7 @@ command_of() {  # row shape rank -> the row's command (without the deadline)
   local size="--models $2 --methods lora-r$3 --batch ${BATCH:-4} $tiny"
   case $1 in
     ours_none) echo "$ours --remat none $size" ;;
-    ours_preset) echo "$ours --remat dots_with_no_batch_dims_saveable $size" ;;
+    ours_preset) echo "$ours --remat auto --accum 0 $size" ;;
     ours_bf16) echo "$ours --remat none --adapter-dtype bfloat16 $size" ;;
     ours_fused) echo "$ours --remat none --fuse-projections $size" ;;
     ours_chunked_ce) echo "$ours --remat none --loss-chunk-tokens 1024 $size" ;;
