@@ -130,7 +130,7 @@ def loraga_gradients(spec: RunSpec, model):
     """LoRA-GA's gradient estimate as a run makes it (training/loraga_gradients.py: the mean token loss over the
     micro-batches of the first `loraga.gradient_batches` batches), from this benchmark's synthetic batches."""
     config = run_config(spec)
-    spec = dataclasses.replace(spec, accum=spec.accum or 1)   # a planned step's batches: whole, as one micro-batch
+    spec = dataclasses.replace(spec, accum=spec.accum or spec.batch)   # a planned step's: one row each, as the loop
     micro_batches = [{k: v[i] for k, v in make_batch(spec, step).items()}
                      for step in range(config.loraga.gradient_batches) for i in range(spec.accum)]
 
