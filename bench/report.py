@@ -99,7 +99,8 @@ def peer_tables(rows: list[dict]) -> dict[tuple[str, int], list[dict]]:
 
 
 TRAIN = [("model", "model", ""), ("method", "method", ""), ("seq", "seq", "d"), ("batch", "batch", "d"),
-         ("accum", "micro-batches", "d"), ("remat", "remat", ""), ("step_s", "step s", ".3f"), ("tokens_per_s", "tokens/s", ",.0f"), ("mfu", "MFU", ".1%"),
+         ("accum", "micro-batches", "d"), ("remat", "remat", ""), ("step_s", "step s", ".3f"),
+         ("tokens_per_s", "tokens/s", ",.0f"), ("mfu", "MFU", ".1%"),
          ("peak_memory_gib", "peak GiB", ".1f"), ("step_memory_estimate_gib", "XLA est. GiB", ".1f"),
          ("adapter_init_s", "adapter init s", ".1f"), ("compile_s", "compile s", ".0f"), ("status", "status", "")]
 PEFT_TRAIN = [("model", "model", ""), ("method", "method", ""), ("seq", "seq", "d"), ("batch", "batch", "d"),

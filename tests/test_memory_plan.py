@@ -83,6 +83,9 @@ def test_few_compiles_in_the_common_cases():
     plan, _ = steps.plan(budget)
     assert (plan.remat, plan.grad_accum) == ("none", 4)
     assert steps.compiled == [("none", 1), ("none", 4)]               # the first size rules out 2 micro-batches
+    plan, _ = steps.plan(steps.memory(("none", 2)).total - 1)         # the split fails though its estimate fits
+    assert (plan.remat, plan.grad_accum) == ("none", 4)
+    assert steps.compiled == [("none", 1), ("none", 2), ("full", 4), ("none", 4)]  # then the least-memory one first
     with pytest.raises(MemoryPlanError) as error:                     # the arguments alone are over the budget
         steps.plan(budget=steps.fixed)
     assert steps.compiled == [("none", 1), ("full", 4)]               # the rest are ruled out by these two
