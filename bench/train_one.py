@@ -32,8 +32,8 @@ from lowrank_jax.models import LlamaConfig
 from lowrank_jax.sharding import batch_sharding, make_mesh
 from lowrank_jax.training import memory_plan
 from lowrank_jax.training.optimizer import build_optimizer
-from lowrank_jax.training.placement import adapt_onto_mesh, compile_train_step, init_optimizer
-from lowrank_jax.training.planned_step import planned_train_step
+from lowrank_jax.training.placement import adapt_onto_mesh, init_optimizer
+from lowrank_jax.training.planned_step import planned_train_step, train_step_compiler
 
 ADAPTER_FACTORS = ("lora_a", "lora_m", "lora_b")  # trained or frozen; the residual inits' copies are not counted
 
@@ -216,7 +216,8 @@ def prepare(spec: RunSpec) -> Prepared:
     start = time.perf_counter()
     state, counts = build_state(spec, mesh)
     total_steps = spec.warmup + spec.steps
-    optimizer = build_optimizer(run_config(spec).optimizer, total_steps, state.frozen)
+    config = run_config(spec)
+    optimizer = build_optimizer(config.optimizer, total_steps, state.frozen)
     opt_state = init_optimizer(optimizer, state.trainable, mesh)
     jax.block_until_ready(opt_state)
     row.update(counts, init_s=time.perf_counter() - start)
@@ -224,15 +225,12 @@ def prepare(spec: RunSpec) -> Prepared:
     start = time.perf_counter()
     limit = (devices[0].memory_stats() or {}).get("bytes_limit")
     if spec.remat == memory_plan.AUTO_REMAT or spec.accum == memory_plan.AUTO_GRAD_ACCUM:
-        compiled, plan = planned_train_step(run_config(spec), state, optimizer, opt_state, mesh)
+        compiled, plan = planned_train_step(config, state, optimizer, opt_state, mesh)
         print(f"  {plan.line()}", flush=True)
         row.update(remat=plan.remat, accum=plan.grad_accum, memory_plan=plan.as_dict())
         spec = dataclasses.replace(spec, accum=plan.grad_accum)
     else:
-        batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding(mesh)),
-                             make_batch(spec, 0))
-        compiled = compile_train_step(state, optimizer, opt_state, batch, mesh,
-                                      loss_chunk_tokens=spec.loss_chunk_tokens)
+        compiled = train_step_compiler(config, state, optimizer, opt_state, mesh)(spec.remat, spec.accum)
     row["compile_s"] = time.perf_counter() - start
     row.update(step_memory(compiled), memory_limit_gib=None if limit is None else limit / GIB)
     batches = [jax.device_put(make_batch(spec, i), batch_sharding(mesh)) for i in range(total_steps)]

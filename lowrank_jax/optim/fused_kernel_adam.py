@@ -8,8 +8,8 @@ once (16 bytes per weight) and g̃ and U never reach memory. Tiles' partial U b�
 
 On GPUs the kernel compiles through Triton; on CPUs it runs interpreted (for tests: slow, same numbers).
 On one H200 the default tiles take 47.5 ms for the 224 adapters of a 7B shape (float32 moments) against 63.7 ms
-for XLA's unfused step (docs/benchmarks.md, LoRA-Pro's update alone). It is opt-in: it runs on one GPU only, and the
-whole train step with it is not yet timed against LoRA's at the same batch.
+for XLA's unfused step (docs/benchmarks.md, LoRA-Pro's update alone); in the 7B train step at 32 × 512 tokens with
+bf16 moments, on one H100, it costs 4.2% over LoRA's step against 6.0% unfused. It is opt-in: it runs on one GPU only.
 """
 
 from typing import NamedTuple
